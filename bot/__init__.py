@@ -1,0 +1,1 @@
+"""capbot bot package."""

@@ -1,0 +1,47 @@
+"""Neutral inbound and outbound messages shared by the engine, the service and every channel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+InboundKind = Literal["start", "text", "choice", "unsupported"]
+ReplyKind = Literal["question", "info", "error", "review", "receipt", "language_menu"]
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One message from a respondent, already translated from the channel's payload."""
+
+    channel: str  # "console" | "telegram" | "email"
+    user_id: str  # channel-scoped id: Telegram chat id, normalized email address, console user
+    message_id: str  # channel-unique id (Telegram update id, email Message-ID) for de-duplication
+    kind: InboundKind = "text"
+    text: str = ""
+    choice: str | None = None  # option code of a pressed button
+    for_slot: str | None = None  # slot key the pressed button belonged to (stale-press check)
+    payload: str | None = None  # /start deep-link payload
+    language_hint: str | None = None  # Telegram language_code, email Content-Language
+    display_name: str | None = None
+    raw: str = ""  # raw payload, kept verbatim in the inbound log
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    code: str
+    label: str
+    selected: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One message from the bot; adapters render it (buttons, numbered lists, JSON)."""
+
+    text: str
+    kind: ReplyKind = "info"
+    language: str = "en"
+    question: str | None = None  # question id being asked, if any
+    slot: str | None = None  # question id + repeat index, e.g. "A1_title@1"
+    choices: tuple[Choice, ...] = field(default_factory=tuple)
+    multi: bool = False
+    progress: str | None = None  # "Question 7 of 24 — About you", already localized

@@ -1,0 +1,1 @@
+"""capbot handlers package."""

@@ -1,0 +1,1 @@
+"""capbot storage package."""
