@@ -1,0 +1,428 @@
+"""Respondent language detection (six UN languages) and the language-choice policy."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+LANGUAGES = ("ar", "en", "es", "fr", "ru", "zh")
+
+# Thresholds from /work/shared/notes/language-detection.md ("length is the gate").
+CONFIDENT_LETTERS = 40  # Latin script: switch even when the text looks like another language
+ASK_LETTERS = 20  # Latin script: switch unless the text looks like another language
+MAX_CHARS = 2000  # only the beginning of a long text is looked at
+SEED = 0  # langdetect is random; a fixed seed makes it repeatable
+DOMINANT_SHARE = 0.8  # below this share of (weighted) letters the text is "mixed": never confident
+HAN_WEIGHT = 2  # one Han character carries about as much as two alphabetic letters
+
+LATIN_LANGUAGES = ("en", "es", "fr")
+_LANGDETECT_TO_OURS = {
+    "ar": "ar",
+    "en": "en",
+    "es": "es",
+    "fr": "fr",
+    "ru": "ru",
+    "zh-cn": "zh",
+    "zh-tw": "zh",
+}
+_RESTRICTED_PRIOR = dict.fromkeys(_LANGDETECT_TO_OURS, 1.0)
+
+# Letters that Arabic does not use (Persian, Urdu, Pashto, Sindhi, Kurdish...).
+_NON_ARABIC_LETTERS = frozenset(
+    "پچژگکی"  # Persian (and Urdu, Pashto...)
+    "ٹڈڑںہھےۓۃ"  # Urdu
+    "ښڅځډړږګڼۍې"  # Pashto
+    "ۆێڕڵۇۈۋە"  # Kurdish, Uyghur
+)
+# Cyrillic letters that Russian does not use (Ukrainian, Belarusian, Serbian, Macedonian, Kazakh...).
+_NON_RUSSIAN_CYRILLIC = frozenset(
+    "іїєґўјљњћџђѓќѕәғқңөұүһҗҷҳӣӯӑӧӱҕҡҙҫӊӈ" + "ІЇЄҐЎЈЉЊЋЏЂЃЌЅӘҒҚҢӨҰҮҺҖҶҲӢӮӐӦӰҔҠҘҪӉӇ"
+)
+# Letters only Russian uses among the common Cyrillic languages (not Ukrainian/Belarusian/Serbian).
+_RUSSIAN_ONLY = frozenset("ыэъёЫЭЪЁ")
+
+_QUOTED_LINE_RE = re.compile(r"^[ \t]*>.*$", re.MULTILINE)
+_FOOTER_RE = re.compile(
+    r"(?im)^[ \t]*(?:sent from my \w+|get outlook for \w+|enviado desde mi \w+|"
+    r"envoyé de mon \w+|отправлено с (?:моего )?\w+|发自我的\w+|"
+    r"أرسلت من \S+)[^\n]*$"
+)
+_URL_RE = re.compile(
+    r"(?i)\b(?:https?://|ftp://|www\.)\S+"
+    r"|\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:com|org|net|int|gov|edu|info|io|[a-z]{2})(?:/\S*)?\b"
+)
+_EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_COMMAND_RE = re.compile(r"(?<!\S)[/@][A-Za-z_][\w@]*")
+_SPACES_RE = re.compile(r"\s+")
+_DROP_INSIDE_WORDS = dict.fromkeys(map(ord, "\u00ad\u200c\u200d\u2060\ufeff\u0640"), None)
+
+# Scripts of letters.
+_LATIN, _CYRILLIC, _ARABIC, _HAN, _KANA, _HANGUL, _OTHER = (
+    "latin",
+    "cyrillic",
+    "arabic",
+    "han",
+    "kana",
+    "hangul",
+    "other",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """What the text says about the respondent's language.
+
+    ``language`` is the language to use when ``confident``; otherwise it is the best guess among
+    the six (a candidate for pre-selection only) or None. ``other`` means the text looks like a
+    language outside the six (then a confident detection says "en": show English with the
+    six-language menu).
+    """
+
+    language: str | None  # one of LANGUAGES or None
+    confident: bool
+    other: bool  # text looks like a language outside the six
+    letters: int
+    method: str  # "empty", "script", "langdetect", "mixed", "error"
+    candidates: tuple[str, ...] = ()
+
+
+_EMPTY = Detection(None, False, False, 0, "empty", ())
+
+
+def _script(ch: str) -> str:
+    cp = ord(ch)
+    if cp < 0x0250:
+        return _LATIN  # Basic Latin, Latin-1, Latin Extended-A/B (letters only reach here)
+    if 0x0400 <= cp <= 0x052F or 0x1C80 <= cp <= 0x1C8F or 0x2DE0 <= cp <= 0x2DFF:
+        return _CYRILLIC
+    if 0xA640 <= cp <= 0xA69F:
+        return _CYRILLIC
+    if 0x0600 <= cp <= 0x06FF or 0x0750 <= cp <= 0x077F or 0x08A0 <= cp <= 0x08FF:
+        return _ARABIC
+    if 0xFB50 <= cp <= 0xFDFF or 0xFE70 <= cp <= 0xFEFF:
+        return _ARABIC
+    if 0x3040 <= cp <= 0x30FF or 0x31F0 <= cp <= 0x31FF or 0xFF66 <= cp <= 0xFF9F:
+        return _KANA
+    if 0xAC00 <= cp <= 0xD7AF or 0x1100 <= cp <= 0x11FF or 0x3130 <= cp <= 0x318F:
+        return _HANGUL
+    if (
+        0x4E00 <= cp <= 0x9FFF
+        or 0x3400 <= cp <= 0x4DBF
+        or 0x20000 <= cp <= 0x3FFFF
+        or 0xF900 <= cp <= 0xFAFF
+        or cp in (0x3005, 0x3007)
+    ):
+        return _HAN
+    if 0x0250 <= cp <= 0x02AF or 0x1E00 <= cp <= 0x1EFF or 0x2C60 <= cp <= 0x2C7F:
+        return _LATIN
+    if 0xA720 <= cp <= 0xA7FF or 0xAB30 <= cp <= 0xAB6F:
+        return _LATIN
+    return _OTHER
+
+
+def clean_text(text: str) -> str:
+    """Keep the words of ``text``: no quoted lines, footers, URLs, e-mails, commands, digits,
+    punctuation, symbols, emoji or invisible characters; single spaces between words."""
+    text = text[:MAX_CHARS]
+    text = unicodedata.normalize("NFKC", text)
+    text = text.translate(_DROP_INSIDE_WORDS)
+    text = _QUOTED_LINE_RE.sub(" ", text)
+    text = _FOOTER_RE.sub(" ", text)
+    text = _URL_RE.sub(" ", text)
+    text = _EMAIL_RE.sub(" ", text)
+    text = _COMMAND_RE.sub(" ", text)
+    out = []
+    for ch in text:
+        if ch.isalpha() or unicodedata.category(ch)[0] == "M":
+            out.append(ch)
+        else:
+            out.append(" ")
+    return _SPACES_RE.sub(" ", "".join(out)).strip()
+
+
+def _count_scripts(text: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for ch in text:
+        if ch.isalpha():
+            script = _script(ch)
+            counts[script] = counts.get(script, 0) + 1
+    return counts
+
+
+class LanguageDetector:
+    """Detects which of the six languages a respondent wrote in.
+
+    Create it once: it loads langdetect's profiles (~0.3 s, ~60 MB). ``detect`` is safe to call
+    from several threads (each call builds its own langdetect ``Detector``; the profiles are
+    read-only) and is quick enough for the event loop (about a millisecond or two).
+    """
+
+    def __init__(self, *, seed: int = SEED) -> None:
+        from langdetect.detector_factory import PROFILES_DIRECTORY, DetectorFactory
+
+        factory = DetectorFactory()
+        factory.load_profile(PROFILES_DIRECTORY)
+        factory.set_seed(seed)
+        # The two "factories": one whose detectors only consider the six languages (prior 1 for
+        # them; languages missing from the prior map get 0 in set_prior_map, and a 0 prior stays
+        # 0 because the update multiplies), one unrestricted to notice languages outside the six.
+        # They share the profiles, which are read-only once loaded.
+        self._factory = factory
+        self._restricted_prior = dict(_RESTRICTED_PRIOR)
+        self._langlist = tuple(factory.get_lang_list())
+
+    # -- langdetect -------------------------------------------------------------------------
+
+    def _probabilities(self, text: str, *, restricted: bool) -> list[tuple[str, float]]:
+        from langdetect.lang_detect_exception import LangDetectException
+
+        detector = self._factory.create()
+        detector.set_max_text_length(MAX_CHARS)
+        if restricted:
+            detector.set_prior_map(self._restricted_prior)
+        detector.append(text)
+        try:
+            return [(item.lang, item.prob) for item in detector.get_probabilities()]
+        except LangDetectException:
+            return []
+
+    def _latin(self, text: str, letters: int) -> tuple[str | None, bool, tuple[str, ...]]:
+        """(best of en/es/fr or None, looks like another language, candidates)."""
+        upper = sum(1 for ch in text if ch.isupper())
+        if upper * 2 > letters:
+            text = text.lower()  # langdetect ignores words in capitals
+        restricted = self._probabilities(text, restricted=True)
+        candidates = tuple(
+            dict.fromkeys(_LANGDETECT_TO_OURS[lang] for lang, _ in restricted)
+        )
+        label = next((lang for lang in candidates if lang in LATIN_LANGUAGES), None)
+        other = False
+        if letters >= ASK_LETTERS:
+            unrestricted = self._probabilities(text, restricted=False)
+            if unrestricted:
+                top, top_p = unrestricted[0]
+                ours = sum(p for lang, p in unrestricted if lang in LATIN_LANGUAGES)
+                other = top not in LATIN_LANGUAGES and top_p >= 0.5 and ours < 0.3
+        return label, other, candidates
+
+    # -- public -------------------------------------------------------------------------------
+
+    def detect(self, text: Any) -> Detection:
+        """Detect the language of ``text``; never raises."""
+        try:
+            return self._detect(text)
+        except Exception:  # never let language detection break a conversation
+            logger.exception("language detection failed")
+            return Detection(None, False, False, 0, "error", ())
+
+    def _detect(self, text: Any) -> Detection:
+        if isinstance(text, bytes | bytearray):
+            text = bytes(text[: MAX_CHARS * 4]).decode("utf-8", "replace")
+        elif not isinstance(text, str):
+            return _EMPTY
+        cleaned = clean_text(text)
+        counts = _count_scripts(cleaned)
+        letters = sum(counts.values())
+        if not letters:
+            return _EMPTY
+
+        weighted = {s: n * (HAN_WEIGHT if s == _HAN else 1) for s, n in counts.items()}
+        script = max(weighted, key=lambda s: (weighted[s], s == _LATIN))
+        share = weighted[script] / sum(weighted.values())
+        mixed = share < DOMINANT_SHARE
+
+        if script == _LATIN:
+            latin_text = "".join(ch if _script(ch) == _LATIN else " " for ch in cleaned)
+            label, other, candidates = self._latin(latin_text, letters)
+            if other:
+                language = "en" if letters >= CONFIDENT_LETTERS else label
+                confident = letters >= CONFIDENT_LETTERS
+            else:
+                language = label
+                confident = label is not None and letters >= ASK_LETTERS
+            method = "langdetect"
+        else:
+            language, other = self._by_script(script, cleaned, counts)
+            candidates = (language,) if language and not other else ()
+            if other:
+                confident = letters >= CONFIDENT_LETTERS
+                if confident:
+                    language = "en"
+            else:
+                confident = True
+            method = "script"
+        if mixed:
+            confident = False
+            method = "mixed"
+        return Detection(language, confident, other, letters, method, candidates)
+
+    @staticmethod
+    def _by_script(script: str, cleaned: str, counts: dict[str, int]) -> tuple[str | None, bool]:
+        """(best guess among the six, looks like another language) for a non-Latin script."""
+        if script == _ARABIC:
+            guard = sum(1 for ch in cleaned if ch in _NON_ARABIC_LETTERS)
+            if guard and guard * 50 >= counts[_ARABIC]:  # at least 2 % of the letters
+                return "ar", True
+            return "ar", False
+        if script == _CYRILLIC:
+            guard = sum(1 for ch in cleaned if ch in _NON_RUSSIAN_CYRILLIC)
+            russian = sum(1 for ch in cleaned if ch in _RUSSIAN_ONLY)
+            if guard and guard * 50 >= counts[_CYRILLIC] and guard >= russian:
+                return "ru", True
+            return "ru", False
+        if script == _HAN:
+            kana = counts.get(_KANA, 0)
+            hangul = counts.get(_HANGUL, 0)
+            if kana * 10 >= counts[_HAN] and kana or hangul * 10 >= counts[_HAN] and hangul:
+                return "zh", True
+            return "zh", False
+        return None, True  # kana, hangul, Greek, Hebrew, Devanagari, Thai...
+
+
+_default: LanguageDetector | None = None
+_default_lock = threading.Lock()
+
+
+def get_detector() -> LanguageDetector:
+    """The process-wide detector, built on first use (call it at start-up to pay the ~0.3 s)."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = LanguageDetector()
+    return _default
+
+
+def detect(text: str) -> Detection:
+    """Shortcut for ``get_detector().detect(text)``."""
+    return get_detector().detect(text)
+
+
+# -- language tags and the choice policy ------------------------------------------------------
+
+_TAG_ALIASES = {
+    "ara": "ar",
+    "arb": "ar",
+    "arz": "ar",
+    "ary": "ar",
+    "apc": "ar",
+    "acm": "ar",
+    "eng": "en",
+    "spa": "es",
+    "fra": "fr",
+    "fre": "fr",
+    "rus": "ru",
+    "zho": "zh",
+    "chi": "zh",
+    "cmn": "zh",
+}
+_TAG_SPLIT_RE = re.compile(r"[,\s]+")
+
+
+def normalize_language_tag(tag: Any) -> str | None:
+    """Map a BCP 47 tag, locale or header value to one of the six languages, else None.
+
+    "fr-CA" → "fr", "zh-Hans"/"zh_TW" → "zh", "ar-EG" → "ar", "en_US.UTF-8" → "en",
+    "pt-BR" → None. In a list ("de-DE, en;q=0.8") the first of the six wins.
+    """
+    if not isinstance(tag, str) or not tag:
+        return None
+    for part in _TAG_SPLIT_RE.split(tag[:200]):
+        part = part.split(";", 1)[0].split(".", 1)[0].split("@", 1)[0]
+        primary = part.replace("_", "-").split("-", 1)[0].strip().lower()
+        primary = _TAG_ALIASES.get(primary, primary)
+        if primary in LANGUAGES:
+            return primary
+    return None
+
+
+def resolve_language(
+    *,
+    stored: str | None,
+    explicit: bool,
+    hint: str | None,
+    detection: Detection | None,
+) -> tuple[str | None, bool]:
+    """Pick the respondent's language: (language, needs_confirmation).
+
+    1. A stored explicit choice is final.
+    2. A confident detection (text of 20+ Latin letters, or Arabic/Chinese/Cyrillic script);
+       when the text looks like another language the detection says "en" and confirmation is
+       needed (show English with the six-language menu).
+    3. A stored language that the respondent did not choose (kept, still to be confirmed).
+    4. The channel hint (Telegram language_code, e-mail Content-Language), normalized.
+    5. None.
+    needs_confirmation is False only for an explicit choice or a confident detection.
+    """
+    stored_lang = normalize_language_tag(stored) if stored else None
+    if explicit and stored_lang:
+        return stored_lang, False
+    if detection is not None and detection.confident and detection.language in LANGUAGES:
+        return detection.language, detection.other
+    if stored_lang:
+        return stored_lang, True
+    return normalize_language_tag(hint), True
+
+
+# -- JSON / CLI -------------------------------------------------------------------------------
+
+
+def detection_to_json(text: str, detection: Detection) -> dict[str, Any]:
+    """The JSON object printed by ``capbot detect-language`` for one line."""
+    return {
+        "text": text,
+        "language": detection.language,
+        "confident": detection.confident,
+        "other": detection.other,
+        "letters": detection.letters,
+        "method": detection.method,
+        "candidates": list(detection.candidates),
+    }
+
+
+def _no_surrogates(text: str) -> str:
+    if any("\ud800" <= ch <= "\udfff" for ch in text):
+        return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
+    return text
+
+
+def _lines(stdin: Any) -> Iterable[str]:
+    source = getattr(stdin, "buffer", stdin)
+    first = True
+    for raw in source:
+        if isinstance(raw, bytes | bytearray):
+            line = bytes(raw).decode("utf-8", "replace")
+        else:
+            line = _no_surrogates(raw)
+        if first:
+            line = line.removeprefix("\ufeff")
+            first = False
+        yield line.rstrip("\r\n")
+
+
+def run_detect_language(stdin: Any, stdout: Any) -> int:
+    """Read lines from ``stdin``; write one JSON object per line to ``stdout`` (UTF-8)."""
+    detector = get_detector()
+    binary = getattr(stdout, "buffer", None)
+    try:
+        for line in _lines(stdin):
+            record = json.dumps(
+                detection_to_json(line, detector.detect(line)), ensure_ascii=False
+            )
+            if binary is not None:
+                binary.write(record.encode("utf-8") + b"\n")
+                binary.flush()
+            else:
+                stdout.write(record + "\n")
+                stdout.flush()
+    except BrokenPipeError:
+        return 0
+    return 0

@@ -1,0 +1,1 @@
+"""Telegram channel of capbot: transport and handlers built on python-telegram-bot."""

@@ -1,0 +1,1 @@
+"""Test-server helpers shared by tests and benchmark scripts."""
