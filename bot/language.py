@@ -8,7 +8,7 @@ import re
 import threading
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -20,6 +20,8 @@ CONFIDENT_LETTERS = 40  # Latin script: switch even when the text looks like ano
 ASK_LETTERS = 20  # Latin script: switch unless the text looks like another language
 MAX_CHARS = 2000  # only the beginning of a long text is looked at
 SEED = 0  # langdetect is random; a fixed seed makes it repeatable
+MIN_PROB = 0.9  # a restricted langdetect run below this is a close call: ask
+OTHER_PROB = 0.5  # unrestricted langdetect: "another language" from this probability
 DOMINANT_SHARE = 0.8  # below this share of (weighted) letters the text is "mixed": never confident
 HAN_WEIGHT = 2  # one Han character carries about as much as two alphabetic letters
 
@@ -42,12 +44,14 @@ _NON_ARABIC_LETTERS = frozenset(
     "ښڅځډړږګڼۍې"  # Pashto
     "ۆێڕڵۇۈۋە"  # Kurdish, Uyghur
 )
-# Cyrillic letters that Russian does not use (Ukrainian, Belarusian, Serbian, Macedonian, Kazakh...).
+# Cyrillic letters Russian does not use (Ukrainian, Belarusian, Serbian, Macedonian, Kazakh...).
 _NON_RUSSIAN_CYRILLIC = frozenset(
     "іїєґўјљњћџђѓќѕәғқңөұүһҗҷҳӣӯӑӧӱҕҡҙҫӊӈ" + "ІЇЄҐЎЈЉЊЋЏЂЃЌЅӘҒҚҢӨҰҮҺҖҶҲӢӮӐӦӰҔҠҘҪӉӇ"
 )
 # Letters only Russian uses among the common Cyrillic languages (not Ukrainian/Belarusian/Serbian).
 _RUSSIAN_ONLY = frozenset("ыэъёЫЭЪЁ")
+_RUSSIAN_VOWELS = frozenset("ыэёЫЭЁ")  # not in Bulgarian, Macedonian, Serbian, Ukrainian
+_CYRILLIC_LOOKALIKES = frozenset({"bg", "mk", "uk"})  # langdetect's other Cyrillic languages
 
 _QUOTED_LINE_RE = re.compile(r"^[ \t]*>.*$", re.MULTILINE)
 _FOOTER_RE = re.compile(
@@ -56,10 +60,11 @@ _FOOTER_RE = re.compile(
     r"أرسلت من \S+)[^\n]*$"
 )
 _URL_RE = re.compile(
-    r"(?i)\b(?:https?://|ftp://|www\.)\S+"
-    r"|\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:com|org|net|int|gov|edu|info|io|[a-z]{2})(?:/\S*)?\b"
+    r"(?i:\b(?:https?://|ftp://|www\.))\S+"
+    r"|(?<![\w.-])[a-z0-9-]{1,63}(?:\.[a-z0-9-]{1,63})*"
+    r"\.(?:com|org|net|int|gov|edu|info|io|[a-z]{2})(?:/\S*)?\b"
 )
-_EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_EMAIL_RE = re.compile(r"(?<![\w.+-])[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63})+")
 _COMMAND_RE = re.compile(r"(?<!\S)[/@][A-Za-z_][\w@]*")
 _SPACES_RE = re.compile(r"\s+")
 _DROP_INSIDE_WORDS = dict.fromkeys(map(ord, "\u00ad\u200c\u200d\u2060\ufeff\u0640"), None)
@@ -194,24 +199,69 @@ class LanguageDetector:
         except LangDetectException:
             return []
 
-    def _latin(self, text: str, letters: int) -> tuple[str | None, bool, tuple[str, ...]]:
-        """(best of en/es/fr or None, looks like another language, candidates)."""
+    def _latin(self, text: str, letters: int) -> Detection:
+        """Latin script: langdetect restricted to the six picks en/es/fr; unrestricted, others."""
         upper = sum(1 for ch in text if ch.isupper())
         if upper * 2 > letters:
-            text = text.lower()  # langdetect ignores words in capitals
+            text = text.lower()  # langdetect skips words written in capitals
         restricted = self._probabilities(text, restricted=True)
-        candidates = tuple(
-            dict.fromkeys(_LANGDETECT_TO_OURS[lang] for lang, _ in restricted)
+        candidates = tuple(dict.fromkeys(_LANGDETECT_TO_OURS[lang] for lang, _ in restricted))
+        label, prob = next(
+            ((_LANGDETECT_TO_OURS[lang], p) for lang, p in restricted if lang in LATIN_LANGUAGES),
+            (None, 0.0),
         )
-        label = next((lang for lang in candidates if lang in LATIN_LANGUAGES), None)
-        other = False
-        if letters >= ASK_LETTERS:
+        if label is None or letters < ASK_LETTERS:  # under 20 letters: never switch on text alone
+            return Detection(label, False, False, letters, "langdetect", candidates)
+        unrestricted = self._probabilities(text, restricted=False)
+        foreign = [(lang, p) for lang, p in unrestricted if lang not in LATIN_LANGUAGES]
+        ours = sum(p for lang, p in unrestricted if lang in LATIN_LANGUAGES)
+        if foreign and foreign[0][1] >= OTHER_PROB and ours < 1 - OTHER_PROB:
+            if letters >= CONFIDENT_LETTERS:  # another language: English with the language menu
+                return Detection("en", True, True, letters, "langdetect", candidates)
+            return Detection(label, False, True, letters, "langdetect", candidates)
+        # Doubt: a close call in the restricted run, the unrestricted run prefers another of
+        # en/es/fr, or (under 40 letters) it sees another language at all.
+        top = unrestricted[0][0] if unrestricted else label
+        doubt = (
+            prob < MIN_PROB
+            or (top in LATIN_LANGUAGES and top != label)
+            or (letters < CONFIDENT_LETTERS and bool(foreign))
+        )
+        return Detection(label, not doubt, False, letters, "langdetect", candidates)
+
+    def _cyrillic(self, text: str, letters: int, script_letters: int) -> Detection:
+        guard = sum(1 for ch in text if ch in _NON_RUSSIAN_CYRILLIC)
+        russian = sum(1 for ch in text if ch in _RUSSIAN_ONLY)
+        if guard and guard * 50 >= script_letters and guard >= russian:
+            return _script_other("ru", letters)
+        if letters >= CONFIDENT_LETTERS and not any(ch in _RUSSIAN_VOWELS for ch in text):
+            # Long text without ы/э/ё: let langdetect check for Bulgarian, Macedonian...
+            # (it is unreliable on short Cyrillic text). When it doubts Russian, ask.
             unrestricted = self._probabilities(text, restricted=False)
-            if unrestricted:
-                top, top_p = unrestricted[0]
-                ours = sum(p for lang, p in unrestricted if lang in LATIN_LANGUAGES)
-                other = top not in LATIN_LANGUAGES and top_p >= 0.5 and ours < 0.3
-        return label, other, candidates
+            if (
+                unrestricted
+                and unrestricted[0][0] in _CYRILLIC_LOOKALIKES
+                and unrestricted[0][1] >= MIN_PROB
+                and all(lang != "ru" for lang, _ in unrestricted)
+            ):
+                return Detection("ru", False, True, letters, "langdetect", ("ru",))
+        return Detection("ru", True, False, letters, "script", ("ru",))
+
+    @staticmethod
+    def _arabic(text: str, letters: int, script_letters: int) -> Detection:
+        guard = sum(1 for ch in text if ch in _NON_ARABIC_LETTERS)
+        if guard and guard * 50 >= script_letters:  # at least 2 % of the letters
+            return _script_other("ar", letters)
+        return Detection("ar", True, False, letters, "script", ("ar",))
+
+    @staticmethod
+    def _han(letters: int, counts: dict[str, int]) -> Detection:
+        han = counts[_HAN]
+        kana = counts.get(_KANA, 0)
+        hangul = counts.get(_HANGUL, 0)
+        if (kana and kana * 20 >= han) or (hangul and hangul * 20 >= han):  # Japanese, Korean
+            return _script_other("zh", letters)
+        return Detection("zh", True, False, letters, "script", ("zh",))
 
     # -- public -------------------------------------------------------------------------------
 
@@ -236,55 +286,28 @@ class LanguageDetector:
 
         weighted = {s: n * (HAN_WEIGHT if s == _HAN else 1) for s, n in counts.items()}
         script = max(weighted, key=lambda s: (weighted[s], s == _LATIN))
-        share = weighted[script] / sum(weighted.values())
-        mixed = share < DOMINANT_SHARE
-
+        if len(counts) > 1:
+            cleaned = "".join(ch if _script(ch) == script else " " for ch in cleaned)
         if script == _LATIN:
-            latin_text = "".join(ch if _script(ch) == _LATIN else " " for ch in cleaned)
-            label, other, candidates = self._latin(latin_text, letters)
-            if other:
-                language = "en" if letters >= CONFIDENT_LETTERS else label
-                confident = letters >= CONFIDENT_LETTERS
-            else:
-                language = label
-                confident = label is not None and letters >= ASK_LETTERS
-            method = "langdetect"
-        else:
-            language, other = self._by_script(script, cleaned, counts)
-            candidates = (language,) if language and not other else ()
-            if other:
-                confident = letters >= CONFIDENT_LETTERS
-                if confident:
-                    language = "en"
-            else:
-                confident = True
-            method = "script"
-        if mixed:
-            confident = False
-            method = "mixed"
-        return Detection(language, confident, other, letters, method, candidates)
+            detection = self._latin(cleaned, letters)
+        elif script == _CYRILLIC:
+            detection = self._cyrillic(cleaned, letters, counts[script])
+        elif script == _ARABIC:
+            detection = self._arabic(cleaned, letters, counts[script])
+        elif script == _HAN:
+            detection = self._han(letters, counts)
+        else:  # kana, hangul, Greek, Hebrew, Devanagari, Thai...
+            detection = _script_other(None, letters)
+        if weighted[script] < DOMINANT_SHARE * sum(weighted.values()):
+            detection = replace(detection, confident=False, method="mixed")
+        return detection
 
-    @staticmethod
-    def _by_script(script: str, cleaned: str, counts: dict[str, int]) -> tuple[str | None, bool]:
-        """(best guess among the six, looks like another language) for a non-Latin script."""
-        if script == _ARABIC:
-            guard = sum(1 for ch in cleaned if ch in _NON_ARABIC_LETTERS)
-            if guard and guard * 50 >= counts[_ARABIC]:  # at least 2 % of the letters
-                return "ar", True
-            return "ar", False
-        if script == _CYRILLIC:
-            guard = sum(1 for ch in cleaned if ch in _NON_RUSSIAN_CYRILLIC)
-            russian = sum(1 for ch in cleaned if ch in _RUSSIAN_ONLY)
-            if guard and guard * 50 >= counts[_CYRILLIC] and guard >= russian:
-                return "ru", True
-            return "ru", False
-        if script == _HAN:
-            kana = counts.get(_KANA, 0)
-            hangul = counts.get(_HANGUL, 0)
-            if kana * 10 >= counts[_HAN] and kana or hangul * 10 >= counts[_HAN] and hangul:
-                return "zh", True
-            return "zh", False
-        return None, True  # kana, hangul, Greek, Hebrew, Devanagari, Thai...
+
+def _script_other(guess: str | None, letters: int) -> Detection:
+    """A script (or script variant) of a language outside the six."""
+    if letters >= CONFIDENT_LETTERS:
+        return Detection("en", True, True, letters, "script", ())
+    return Detection(guess, False, True, letters, "script", (guess,) if guess else ())
 
 
 _default: LanguageDetector | None = None
@@ -414,9 +437,7 @@ def run_detect_language(stdin: Any, stdout: Any) -> int:
     binary = getattr(stdout, "buffer", None)
     try:
         for line in _lines(stdin):
-            record = json.dumps(
-                detection_to_json(line, detector.detect(line)), ensure_ascii=False
-            )
+            record = json.dumps(detection_to_json(line, detector.detect(line)), ensure_ascii=False)
             if binary is not None:
                 binary.write(record.encode("utf-8") + b"\n")
                 binary.flush()

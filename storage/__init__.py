@@ -1,1 +1,1 @@
-"""capbot storage package."""
+"""Storage: SQLAlchemy models, database set-up, migrations, repositories and export."""

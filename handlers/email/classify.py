@@ -16,8 +16,10 @@ __all__ = [
     "can_reply",
     "classify",
     "decode_8bit",
+    "decode_words",
     "header_text",
     "raw_header",
+    "raw_headers",
 ]
 
 Kind = Literal["normal", "auto_reply", "bounce", "read_receipt", "list", "own_mail", "malformed"]
@@ -44,7 +46,7 @@ _AUTO_SUBJECT = re.compile(
     r"|réponse automatique|absence du bureau|absent du bureau|message d['’]absence"
     r"|respuesta automática|respuesta automatica|fuera de la oficina|fuera de oficina"
     r"|автоматический ответ|автоответ|нет на месте|вне офиса"
-    r"|自动回复|自動回覆|自动答复|自動回復|外出|不在办公室"
+    r"|自动回复|自動回覆|自动答复|自動回復|不在办公室"
     r"|رد تلقائي|الرد التلقائي|رد آلي|خارج المكتب)",
     re.IGNORECASE,
 )

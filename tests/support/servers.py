@@ -9,6 +9,7 @@ import contextlib
 import email
 import email.policy
 import glob
+import grp
 import imaplib
 import os
 import pwd
@@ -236,6 +237,8 @@ state_dir = {dir}/state
 log_path = {dir}/dovecot.log
 info_log_path = {dir}/dovecot.log
 auth_verbose = yes
+auth_failure_delay = 0
+login_trusted_networks = 127.0.0.0/8 ::1/128
 hostname = localhost
 postmaster_address = postmaster@{domain}
 
@@ -260,11 +263,11 @@ mail_max_userip_connections = 1000
 {internal}
 passdb {{
   driver = passwd-file
-  args = scheme=PLAIN username_format=%n {dir}/users
+  args = scheme=PLAIN username_format=%n {dir}/users/%n
 }}
 userdb {{
   driver = passwd-file
-  args = username_format=%n {dir}/users
+  args = username_format=%n {dir}/users/%n
 }}
 namespace inbox {{
   inbox = yes
@@ -409,8 +412,6 @@ class Dovecot:
             chroot = ""
         else:
             me = pwd.getpwuid(os.getuid()).pw_name
-            import grp
-
             group = grp.getgrgid(os.getgid()).gr_name
             internal = (
                 f"default_internal_user = {me}\n"
@@ -438,18 +439,18 @@ class Dovecot:
         with open(self.config_path, "w") as f:
             f.write(conf)
 
-    def _write_users(self) -> None:
-        path = os.path.join(self.directory, "users")
+    def _write_user(self, user: str) -> None:
+        # One passwd-file per user (the path has %n): a user added while Dovecot runs is
+        # found at once, whereas a shared file is re-read at most once per second.
+        users_dir = os.path.join(self.directory, "users")
+        path = os.path.join(users_dir, user)
+        home = os.path.join(self.directory, "home", user)
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
-            for user, password in self.users.items():
-                home = os.path.join(self.directory, "home", user)
-                f.write(f"{user}:{{PLAIN}}{password}:{self._uid}:{self._gid}::{home}::\n")
+            f.write(f"{user}:{{PLAIN}}{self.users[user]}:{self._uid}:{self._gid}::{home}::\n")
         if self._root:
             # Dovecot's auth process runs as user dovecot: it must read the file.
             with contextlib.suppress(KeyError, OSError):
-                import grp
-
                 os.chown(tmp, 0, grp.getgrnam("dovecot").gr_gid)
             os.chmod(tmp, 0o640)
         os.replace(tmp, path)
@@ -470,7 +471,7 @@ class Dovecot:
         self.users[user] = password
         if self.directory:
             self._make_home(user)
-            self._write_users()
+            self._write_user(user)
         return password
 
     def start(self) -> Dovecot:
@@ -484,14 +485,14 @@ class Dovecot:
         self.directory = _mkdtemp("capbot-dovecot-")
         self.config_path = os.path.join(self.directory, "dovecot.conf")
         self.log_path = os.path.join(self.directory, "dovecot.log")
-        for sub in ("run", "state", "home"):
+        for sub in ("run", "state", "home", "users"):
             os.makedirs(os.path.join(self.directory, sub))
             os.chmod(os.path.join(self.directory, sub), 0o755)
         self.cafile, self.keyfile = make_self_signed_cert(self.directory)
         self.users.setdefault(self.bot_user, self.bot_password)
         for user in self.users:
             self._make_home(user)
-        self._write_users()
+            self._write_user(user)
         last_error = ""
         for _attempt in range(3):
             self.imap_port, self.imaps_port, self.lmtp_port = free_ports(3, self.host)
@@ -595,16 +596,41 @@ class Dovecot:
             )
         return proc.stdout
 
+    def _maildir_state(self, user: str) -> tuple[bool, bool]:
+        """(has folders besides INBOX, INBOX has messages), read from the maildir itself."""
+        maildir = os.path.join(self.directory, "home", user, "Maildir")
+        try:
+            folders = any(e.name.startswith(".") and e.is_dir() for e in os.scandir(maildir))
+        except FileNotFoundError:
+            return False, False
+        has_mail = False
+        for sub in ("cur", "new"):
+            with (
+                contextlib.suppress(FileNotFoundError),
+                os.scandir(os.path.join(maildir, sub)) as it,
+            ):
+                if any(True for _ in it):
+                    has_mail = True
+        return folders, has_mail
+
     def reset(self) -> None:
-        """Empty every user's mail: delete all mailboxes but INBOX and expunge INBOX."""
+        """Empty every user's mail: delete all mailboxes but INBOX and expunge INBOX.
+
+        Users whose maildir is already empty cost nothing (no doveadm call).
+        """
         for user in self.users:
-            boxes = [b for b in self.doveadm("mailbox", "list", "-u", user).splitlines() if b]
-            extra = [b for b in boxes if b != "INBOX"]
-            if extra:
-                # Children first so that a parent has none when its turn comes.
+            folders, has_mail = self._maildir_state(user)
+            if folders:
+                extra = [b for b in self.list_mailboxes(user) if b != "INBOX"]
+                # Children first; an implicit parent (A of A.B) may vanish with its child.
                 extra.sort(key=len, reverse=True)
-                self.doveadm("mailbox", "delete", "-u", user, "-s", *extra)
-            self.doveadm("expunge", "-u", user, "mailbox", "INBOX", "all")
+                if extra:
+                    self.doveadm("mailbox", "delete", "-u", user, "-s", *extra, check=False)
+                left = [b for b in self.list_mailboxes(user) if b != "INBOX"]
+                if left:
+                    raise ServerError(f"reset: could not delete {left!r} of {user}")
+            if has_mail:
+                self.doveadm("expunge", "-u", user, "mailbox", "INBOX", "all")
 
     # -- IMAP (stdlib imaplib, synchronous) ---------------------------------------------
 
@@ -780,6 +806,12 @@ class Postgres:
         initdb = shutil.which("initdb")
         return os.path.dirname(initdb) if initdb else None
 
+    @property
+    def major_version(self) -> int:
+        """Major version from the bin dir path (/usr/lib/postgresql/15/bin -> 15), else 0."""
+        part = self.bindir.rstrip("/").split("/")[-2] if self.bindir.count("/") >= 2 else ""
+        return int(part) if part.isdigit() else 0
+
     @classmethod
     def missing(cls) -> str | None:
         """None when PostgreSQL can run here, else a reason naming what to install."""
@@ -918,6 +950,8 @@ class Postgres:
         sql = f"CREATE DATABASE {self._ident(name)}"
         if template:
             sql += f" TEMPLATE {self._ident(template)}"
+        if self.major_version >= 15:
+            sql += " STRATEGY FILE_COPY"  # ~55 ms instead of ~75 ms with fsync off
         self.psql(sql)
         return self.url(name)
 
@@ -1104,8 +1138,8 @@ class SmtpCapture:
             hostname=self.host,
             port=self.port,
             ssl_context=self._tls_context if self.implicit_tls else None,
-            server_hostname="localhost",
-            **self._smtp_kwargs(),
+            server_hostname=self.hostname,
+            **{k: v for k, v in self._smtp_kwargs().items() if k != "hostname"},
         )
         self._controller.start()
         _live.add(self)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import html
 import itertools
@@ -23,23 +24,8 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 
 # Form-encoded requests carry every value as text and PTB JSON-encodes the non-strings, so
 # these free-text parameters must stay strings even when they look like JSON ("123", "true").
-_TEXT_PARAMS = frozenset(
-    {"text", "caption", "parse_mode", "callback_query_id", "url", "secret_token", "language_code",
-     "action", "title", "description", "short_description", "name", "file_id", "emoji"}
-)
-# Requests that Telegram does not count against flood limits (and force_429 spares).
-_UNTHROTTLED = frozenset(
-    {"getme", "getupdates", "setwebhook", "deletewebhook", "getwebhookinfo", "getfile",
-     "sendchataction"}
-)
-_CHAT_ACTIONS = frozenset(
-    {"typing", "upload_photo", "record_video", "upload_video", "record_voice", "upload_voice",
-     "upload_document", "choose_sticker", "find_location", "record_video_note",
-     "upload_video_note"}
-)
-_INLINE_BUTTON_KINDS = ("callback_data", "url", "web_app", "login_url", "switch_inline_query",
-                        "switch_inline_query_current_chat", "switch_inline_query_chosen_chat",
-                        "copy_text", "callback_game", "pay")
+_TEXT_PARAMS = {"text", "caption", "parse_mode", "callback_query_id", "url", "secret_token"}
+_TEXT_PARAMS |= {"language_code", "file_id", "action", "title", "description", "name"}
 _NOT_MODIFIED = (
     "message is not modified: specified new message content and reply markup are exactly the "
     "same as a current content and reply markup of the message"
@@ -58,85 +44,93 @@ def _bad(detail: str) -> ApiError:
     return ApiError(400, f"Bad Request: {detail}")
 
 
+def _too_many(retry_after: int) -> ApiError:
+    return ApiError(429, f"Too Many Requests: retry after {retry_after}", retry_after)
+
+
 def _now() -> int:
     return int(time.time())  # the Bot API's dates are Unix seconds
 
 
 # --- Telegram's HTML parse mode ----------------------------------------------------------------
 
-_HTML_TAGS = {
-    "b": "bold", "strong": "bold", "i": "italic", "em": "italic", "u": "underline",
-    "ins": "underline", "s": "strikethrough", "strike": "strikethrough", "del": "strikethrough",
-    "tg-spoiler": "spoiler", "span": "spoiler", "a": "text_link", "code": "code", "pre": "pre",
-    "blockquote": "blockquote", "tg-emoji": "custom_emoji",
-}
+_HTML_TAGS = dict(  # tag -> entity type
+    pair.split("=")
+    for pair in [
+        "b=bold",
+        "strong=bold",
+        "i=italic",
+        "em=italic",
+        "u=underline",
+        "ins=underline",
+        "s=strikethrough",
+        "strike=strikethrough",
+        "del=strikethrough",
+        "tg-spoiler=spoiler",
+        "span=spoiler",
+        "a=text_link",
+        "code=code",
+        "pre=pre",
+        "blockquote=blockquote",
+        "tg-emoji=custom_emoji",
+    ]
+)
+_TOKEN_RE = re.compile(r"(<[^>]*>?|&[#\w]*;?)")
 _TAG_RE = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9-]*)((?:\s[^<>]*)?)>")
 _ATTR_RE = re.compile(r"""([a-zA-Z][\w-]*)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+)))?""")
 _ENTITY_RE = re.compile(r"&(?:#\d+|#x[0-9a-fA-F]+|lt|gt|amp|quot);")
-_SPECIAL_RE = re.compile(r"[<&]")
 
 
 def _utf16_len(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2  # entity offsets are in UTF-16 code units
+    return len(text.encode("utf-16-le")) // 2  # entity offsets count UTF-16 code units
 
 
 def parse_html(source: str) -> tuple[str, list[dict[str, Any]]]:
-    """Parse like Telegram's parse_mode=HTML: plain text and entities, or ValueError."""
+    """Parse like Telegram's parse_mode=HTML: (plain text, entities), or ValueError."""
     out: list[str] = []
     offset = 0  # UTF-16 position in the output
+    consumed = 0  # position in the source, for error messages
     stack: list[tuple[str, int, dict[str, Any]]] = []
     entities: list[dict[str, Any]] = []
-    pos = 0
-    while pos < len(source):
-        special = _SPECIAL_RE.search(source, pos)
-        end = special.start() if special else len(source)
-        chunk = source[pos:end]
-        if chunk:
-            out.append(chunk)
-            offset += _utf16_len(chunk)
-        if special is None:
-            break
-        pos = end
-        at = f"at byte offset {len(source[:pos].encode())}"
-        if source[pos] == "&":
-            entity = _ENTITY_RE.match(source, pos)
-            # Unknown entities stay literal, as Telegram does.
-            chunk = html.unescape(entity.group()) if entity else "&"
-            pos = entity.end() if entity else pos + 1
-            out.append(chunk)
-            offset += _utf16_len(chunk)
+    for token in _TOKEN_RE.split(source):
+        at = f"at byte offset {len(source[:consumed].encode())}"
+        consumed += len(token)
+        if token.startswith("<"):
+            tag = _TAG_RE.fullmatch(token)
+            if tag is None:
+                raise ValueError(f"Unclosed start tag {at}")
+            closing, name, attr_text = tag.group(1), tag.group(2).lower(), tag.group(3)
+            if closing:
+                if not stack:
+                    raise ValueError(f"Unexpected end tag {at}")
+                open_name, start, entity = stack.pop()
+                if open_name != name:
+                    raise ValueError(
+                        f'Unmatched end tag {at}, expected "</{open_name}>", found "</{name}>"'
+                    )
+                if offset > start:  # Telegram drops empty entities
+                    entities.append({**entity, "offset": start, "length": offset - start})
+                continue
+            attrs = {
+                m.group(1).lower(): m.group(2) or m.group(3) or m.group(4) or ""
+                for m in _ATTR_RE.finditer(attr_text)
+            }
+            kind = _HTML_TAGS.get(name)
+            if kind is None or (name == "span" and attrs.get("class") != "tg-spoiler"):
+                raise ValueError(f'Unsupported start tag "{name}" {at}')
+            entity = {"type": kind}
+            if name == "a":
+                entity["url"] = attrs.get("href", "")
+            elif name == "blockquote" and "expandable" in attrs:
+                entity["type"] = "expandable_blockquote"
+            elif name == "tg-emoji":
+                entity["custom_emoji_id"] = attrs.get("emoji-id", "")
+            stack.append((name, offset, entity))
             continue
-        tag = _TAG_RE.match(source, pos)
-        if tag is None:
-            raise ValueError(f"Unclosed start tag {at}")
-        pos = tag.end()
-        closing, name = tag.group(1), tag.group(2).lower()
-        if closing:
-            if not stack:
-                raise ValueError(f"Unexpected end tag {at}")
-            open_name, start, entity_json = stack.pop()
-            if open_name != name:
-                raise ValueError(
-                    f'Unmatched end tag {at}, expected "</{open_name}>", found "</{name}>"'
-                )
-            if offset > start:
-                entities.append({**entity_json, "offset": start, "length": offset - start})
-            continue
-        attrs = {
-            m.group(1).lower(): m.group(2) or m.group(3) or m.group(4) or ""
-            for m in _ATTR_RE.finditer(tag.group(3))
-        }
-        kind = _HTML_TAGS.get(name)
-        if kind is None or (name == "span" and attrs.get("class") != "tg-spoiler"):
-            raise ValueError(f'Unsupported start tag "{name}" {at}')
-        entity_json = {"type": kind}
-        if name == "a":
-            entity_json["url"] = attrs.get("href", "")
-        elif name == "blockquote" and "expandable" in attrs:
-            entity_json["type"] = "expandable_blockquote"
-        elif name == "tg-emoji":
-            entity_json["custom_emoji_id"] = attrs.get("emoji-id", "")
-        stack.append((name, offset, entity_json))
+        if token.startswith("&") and _ENTITY_RE.fullmatch(token):
+            token = html.unescape(token)  # other "&..." stays literal, as in Telegram
+        out.append(token)
+        offset += _utf16_len(token)
     if stack:
         raise ValueError(f'Can\'t find end tag corresponding to start tag "{stack[-1][0]}"')
     entities.sort(key=lambda e: (e["offset"], -e["length"]))
@@ -172,16 +166,17 @@ class StoredFile:
 
     file_id: str
     file_unique_id: str
-    file_path: str
+    file_path: str  # relative to base_file_url + token
     data: bytes
     filename: str | None = None
     mime_type: str | None = None
 
-    def as_document(self) -> dict[str, Any]:
-        doc = {"file_id": self.file_id, "file_unique_id": self.file_unique_id,
-               "file_size": len(self.data), "file_name": self.filename,
-               "mime_type": self.mime_type}
-        return {k: v for k, v in doc.items() if v is not None}
+    def as_json(self, **extra: Any) -> dict[str, Any]:
+        """The Bot API object (Document, Voice, ...) for this file."""
+        fields = {"file_name": self.filename, "mime_type": self.mime_type, **extra}
+        ids = {"file_id": self.file_id, "file_unique_id": self.file_unique_id}
+        fields = {k: v for k, v in fields.items() if v is not None}
+        return {**ids, "file_size": len(self.data), **fields}
 
 
 @dataclass(eq=False)
@@ -192,12 +187,22 @@ class ChatMessage:
     from_bot: bool
     deleted: bool = False
 
-    message_id = property(lambda self: self.data["message_id"])
-    text = property(lambda self: self.data.get("text", self.data.get("caption")))
-    reply_markup = property(lambda self: self.data.get("reply_markup"))
-    entities = property(lambda self: self.data.get("entities", []))
-    document = property(lambda self: self.data.get("document"))
-    edited = property(lambda self: "edit_date" in self.data)
+    @property
+    def message_id(self) -> int:
+        return self.data["message_id"]
+
+    @property
+    def text(self) -> str | None:
+        """The text, or the caption of a media message."""
+        return self.data.get("text", self.data.get("caption"))
+
+    @property
+    def reply_markup(self) -> dict[str, Any] | None:
+        return self.data.get("reply_markup")
+
+    @property
+    def document(self) -> dict[str, Any] | None:
+        return self.data.get("document")
 
     @property
     def buttons(self) -> list[dict[str, Any]]:
@@ -210,10 +215,8 @@ class ChatMessage:
         return [button["text"] for button in self.buttons]
 
     def button(self, text_or_data: str) -> dict[str, Any] | None:
-        return next(
-            (b for b in self.buttons if text_or_data in (b["text"], b.get("callback_data"))),
-            None,
-        )
+        matches = (b for b in self.buttons if text_or_data in (b["text"], b.get("callback_data")))
+        return next(matches, None)
 
 
 class _Signal:
@@ -228,7 +231,7 @@ class _Signal:
                 waiter.set_result(None)
         self._waiters.clear()
 
-    async def wait_for(self, condition: Callable[[], Any], timeout: float | None) -> Any:
+    async def wait_for(self, condition: Callable[[], Any], timeout: float | None) -> Any:  # noqa: ASYNC109
         """Return condition()'s first truthy value; TimeoutError after `timeout` seconds."""
         async with asyncio.timeout(timeout):
             while not (result := condition()):
@@ -245,7 +248,11 @@ class _Signal:
 
 
 class SimulatedChat:
-    """A chat as both sides see it: users act in it, tests read what the bot sent."""
+    """A chat as both sides see it: users act in it, tests read what the bot sent.
+
+    User actions are plain calls (they only queue an update for the bot). The bot's messages
+    are read in order, each once, by next_message()/wait_for_message().
+    """
 
     def __init__(self, api: FakeBotApi, chat_json: dict[str, Any]) -> None:
         self.api = api
@@ -261,7 +268,10 @@ class SimulatedChat:
         self._message_ids = itertools.count(1)
         self._changed = _Signal()
 
-    # bot-side view
+    def _default_sender(self) -> SimulatedUser:
+        raise NotImplementedError
+
+    # the bot's side, as the user sees it
 
     @property
     def messages(self) -> list[ChatMessage]:
@@ -273,9 +283,11 @@ class SimulatedChat:
         return self.messages[-1] if self.messages else None
 
     async def wait_for_message(
-        self, predicate: Callable[[ChatMessage], bool] | None = None, timeout: float = 5.0
+        self,
+        predicate: Callable[[ChatMessage], bool] | None = None,
+        timeout: float = 5.0,  # noqa: ASYNC109
     ) -> ChatMessage:
-        """Next bot message not yet returned here (and matching); earlier ones count as read."""
+        """The next unread bot message (matching `predicate`); skipped ones count as read."""
 
         def find() -> ChatMessage | None:
             for index in range(self._read, len(self._bot_messages)):
@@ -287,40 +299,30 @@ class SimulatedChat:
 
         return await self._changed.wait_for(find, timeout)
 
-    async def next_message(self, timeout: float = 5.0) -> ChatMessage:
+    async def next_message(self, timeout: float = 5.0) -> ChatMessage:  # noqa: ASYNC109
         return await self.wait_for_message(None, timeout)
 
     def mark_all_read(self) -> None:
         self._read = len(self._bot_messages)
 
-    async def wait_for(self, condition: Callable[[], Any], timeout: float = 5.0) -> Any:
-        """Wait until condition() is truthy (re-checked whenever this chat changes)."""
+    async def wait_for(self, condition: Callable[[], Any], timeout: float = 5.0) -> Any:  # noqa: ASYNC109
+        """Wait until condition() is truthy (checked whenever this chat changes), return it."""
         return await self._changed.wait_for(condition, timeout)
 
     async def wait_for_callback_answer(
-        self, query_id: str | None = None, timeout: float = 5.0
+        self,
+        query_id: str | None = None,
+        timeout: float = 5.0,  # noqa: ASYNC109
     ) -> dict[str, Any]:
+        """The bot's answerCallbackQuery parameters for `query_id` (default: any query)."""
+
         def find() -> dict[str, Any] | None:
-            return next(
-                (a for a in reversed(self.callback_answers)
-                 if query_id in (None, a["callback_query_id"])),
-                None,
-            )
+            answers = reversed(self.callback_answers)
+            return next((a for a in answers if query_id in (None, a["callback_query_id"])), None)
 
         return await self._changed.wait_for(find, timeout)
 
-    # user actions (sync: they only queue an update for the bot)
-
-    def _default_sender(self) -> SimulatedUser:
-        raise NotImplementedError
-
-    def _user_message(self, content: dict[str, Any], sender: SimulatedUser | None) -> dict:
-        sender = sender or self._default_sender()
-        data = {"message_id": next(self._message_ids), "from": sender.user_json, "date": _now(),
-                "chat": self.chat, **content}
-        self._store(ChatMessage(data, from_bot=False))
-        self.api.enqueue_update({"message": data})
-        return data
+    # user actions
 
     def send_text(self, text: str, *, sender: SimulatedUser | None = None) -> dict[str, Any]:
         return self._user_message({"text": text}, sender)
@@ -333,45 +335,58 @@ class SimulatedChat:
         entity = {"type": "bot_command", "offset": 0, "length": _utf16_len(command)}
         return self._user_message({"text": text, "entities": [entity]}, sender)
 
-    def send_photo(self, data: bytes = b"\xff\xd8\xff fake jpeg", *, caption: str | None = None,
-                   sender: SimulatedUser | None = None) -> dict[str, Any]:
+    def send_photo(
+        self,
+        data: bytes = b"\xff\xd8\xff fake jpeg",
+        *,
+        caption: str | None = None,
+        sender: SimulatedUser | None = None,
+    ) -> dict[str, Any]:
         stored = self.api.store_file(data, "photos", mime_type="image/jpeg")
-        sizes = [{"file_id": stored.file_id, "file_unique_id": stored.file_unique_id,
-                  "width": w, "height": w, "file_size": len(data)} for w in (90, 800)]
+        sizes = [stored.as_json(mime_type=None, width=w, height=w) for w in (90, 800)]
         return self._user_message({"photo": sizes, **_caption(caption)}, sender)
 
-    def send_document(self, filename: str = "report.pdf", data: bytes = b"%PDF-1.4 fake",
-                      mime_type: str = "application/pdf", *, caption: str | None = None,
-                      sender: SimulatedUser | None = None) -> dict[str, Any]:
+    def send_document(
+        self,
+        filename: str = "report.pdf",
+        data: bytes = b"%PDF-1.4 fake",
+        mime_type: str = "application/pdf",
+        *,
+        caption: str | None = None,
+        sender: SimulatedUser | None = None,
+    ) -> dict[str, Any]:
         stored = self.api.store_file(data, "documents", filename=filename, mime_type=mime_type)
-        return self._user_message({"document": stored.as_document(), **_caption(caption)}, sender)
+        return self._user_message({"document": stored.as_json(), **_caption(caption)}, sender)
 
     def send_sticker(self, emoji: str = "👍", *, sender: SimulatedUser | None = None) -> dict:
         stored = self.api.store_file(b"RIFF fake webp", "stickers", mime_type="image/webp")
-        sticker = {"file_id": stored.file_id, "file_unique_id": stored.file_unique_id,
-                   "type": "regular", "width": 512, "height": 512, "is_animated": False,
-                   "is_video": False, "emoji": emoji}
+        sticker = stored.as_json(mime_type=None, type="regular", width=512, height=512)
+        sticker.update(is_animated=False, is_video=False, emoji=emoji)
         return self._user_message({"sticker": sticker}, sender)
 
     def send_voice(self, duration: int = 3, *, sender: SimulatedUser | None = None) -> dict:
         stored = self.api.store_file(b"OggS fake opus", "voice", mime_type="audio/ogg")
-        voice = {"file_id": stored.file_id, "file_unique_id": stored.file_unique_id,
-                 "duration": duration, "mime_type": "audio/ogg", "file_size": len(stored.data)}
-        return self._user_message({"voice": voice}, sender)
+        return self._user_message({"voice": stored.as_json(duration=duration)}, sender)
 
-    def send_location(self, latitude: float = 46.2, longitude: float = 6.15, *,
-                      sender: SimulatedUser | None = None) -> dict[str, Any]:
-        return self._user_message({"location": {"latitude": latitude, "longitude": longitude}},
-                                  sender)
+    def send_location(
+        self,
+        latitude: float = 46.2,
+        longitude: float = 6.15,
+        *,
+        sender: SimulatedUser | None = None,
+    ) -> dict[str, Any]:
+        location = {"latitude": latitude, "longitude": longitude}
+        return self._user_message({"location": location}, sender)
 
     def edit_last_text(self, new_text: str, *, sender: SimulatedUser | None = None) -> dict:
         """Edit the sender's latest text message here: the bot gets an `edited_message`."""
         sender = sender or self._default_sender()
-        message = next(
-            (m for m in reversed(self._by_id.values())
-             if not m.from_bot and m.data["from"]["id"] == sender.id and "text" in m.data),
-            None,
+        mine = (
+            m
+            for m in reversed(self._by_id.values())
+            if not m.from_bot and m.data["from"]["id"] == sender.id and "text" in m.data
         )
+        message = next(mine, None)
         if message is None:
             raise LookupError(f"user {sender.id} sent no text message in chat {self.id}")
         message.data.update(text=new_text, edit_date=_now())
@@ -379,26 +394,42 @@ class SimulatedChat:
         self.api.enqueue_update({"edited_message": message.data})
         return message.data
 
-    def press(self, button: str, message: ChatMessage | None = None, *,
-              sender: SimulatedUser | None = None) -> str:
-        """Press an inline button (by text or callback_data) of `message`, else of the latest
-        bot message having it. Returns the callback query id."""
+    def press(
+        self,
+        button: str,
+        message: ChatMessage | None = None,
+        *,
+        sender: SimulatedUser | None = None,
+    ) -> str:
+        """Press an inline button (by text or callback_data) of `message`, by default of the
+        latest bot message that has it. Returns the callback query id."""
         sender = sender or self._default_sender()
         if message is None:
             message = next((m for m in reversed(self.messages) if m.button(button)), None)
         pressed = message.button(button) if message else None
-        if pressed is None:
+        if message is None or pressed is None:
             raise LookupError(f"no bot message in chat {self.id} has a button {button!r}")
         if "callback_data" not in pressed:
             raise ValueError(f"button {button!r} has no callback_data to press")
-        query_id = self.api.open_callback_query(self)
-        self.api.enqueue_update({"callback_query": {
-            "id": query_id, "from": sender.user_json, "message": message.data,
-            "chat_instance": str(abs(hash(("chat", self.id)))), "data": pressed["callback_data"],
-        }})
-        return query_id
+        query = {
+            "id": self.api.open_callback_query(self),
+            "from": sender.user_json,
+            "message": message.data,
+            "chat_instance": str(abs(hash(("chat", self.id)))),
+            "data": pressed["callback_data"],
+        }
+        self.api.enqueue_update({"callback_query": query})
+        return query["id"]
 
-    # bot actions, called by FakeBotApi's method handlers
+    def _user_message(self, content: dict[str, Any], sender: SimulatedUser | None) -> dict:
+        sender = sender or self._default_sender()
+        data = {"message_id": next(self._message_ids), "from": sender.user_json, "date": _now()}
+        data.update(chat=self.chat, **content)
+        self._store(ChatMessage(data, from_bot=False))
+        self.api.enqueue_update({"message": data})
+        return data
+
+    # the bot's actions, called by FakeBotApi's method handlers
 
     def _store(self, message: ChatMessage) -> None:
         self._by_id[message.message_id] = message
@@ -407,8 +438,8 @@ class SimulatedChat:
         self._changed.notify()
 
     def _post_bot_message(self, content: dict[str, Any], params: dict[str, Any]) -> ChatMessage:
-        data = {"message_id": next(self._message_ids), "from": self.api.bot_user,
-                "chat": self.chat, "date": _now(), **content}
+        data = {"message_id": next(self._message_ids), "from": self.api.bot_user}
+        data.update(chat=self.chat, date=_now(), **content)
         markup = self.api.validate_reply_markup(params.get("reply_markup"))
         if markup and "inline_keyboard" in markup:
             data["reply_markup"] = markup  # Telegram echoes only inline keyboards
@@ -416,12 +447,10 @@ class SimulatedChat:
             self.reply_keyboard = markup
         elif markup and markup.get("remove_keyboard"):
             self.reply_keyboard = None
-        reply_to = (params.get("reply_parameters") or {}).get("message_id") or params.get(
-            "reply_to_message_id"
-        )
+        reply_to = (params.get("reply_parameters") or {}).get("message_id")
         if reply_to and (original := self._by_id.get(int(reply_to))):
-            data["reply_to_message"] = {k: v for k, v in original.data.items()
-                                        if k != "reply_to_message"}
+            data["reply_to_message"] = dict(original.data)
+            data["reply_to_message"].pop("reply_to_message", None)
         message = ChatMessage(data, from_bot=True)
         self._store(message)
         return message
@@ -446,14 +475,12 @@ def _caption(caption: str | None) -> dict[str, str]:
 class SimulatedUser(SimulatedChat):
     """A Telegram user and their private chat with the bot (chat id = user id)."""
 
-    def __init__(self, api: FakeBotApi, user_id: int, first_name: str, last_name: str | None,
-                 username: str | None, language_code: str | None) -> None:
-        fields = {"first_name": first_name, "last_name": last_name, "username": username}
-        fields = {k: v for k, v in fields.items() if v is not None}
-        self.user_json: dict[str, Any] = {"id": user_id, "is_bot": False, **fields}
+    def __init__(self, api: FakeBotApi, user_id: int, language_code: str | None, **names: Any):
+        names = {k: v for k, v in names.items() if v is not None}
+        self.user_json: dict[str, Any] = {"id": user_id, "is_bot": False, **names}
         if language_code is not None:
             self.user_json["language_code"] = language_code
-        super().__init__(api, {"id": user_id, "type": "private", **fields})
+        super().__init__(api, {"id": user_id, "type": "private", **names})
 
     def _default_sender(self) -> SimulatedUser:
         return self
@@ -462,8 +489,7 @@ class SimulatedUser(SimulatedChat):
 class SimulatedGroup(SimulatedChat):
     """A group chat; user actions take `sender=` (default: the first member)."""
 
-    def __init__(self, api: FakeBotApi, chat_id: int, title: str,
-                 members: list[SimulatedUser]) -> None:
+    def __init__(self, api: FakeBotApi, chat_id: int, title: str, members: list[SimulatedUser]):
         kind = "supergroup" if str(chat_id).startswith("-100") else "group"
         super().__init__(api, {"id": chat_id, "type": kind, "title": title})
         self.members = members
@@ -478,17 +504,20 @@ class SimulatedGroup(SimulatedChat):
 
 
 class FakeBotApi:
-    """Bot API on 127.0.0.1:<free port> for one bot token; see tests/telegram for usage."""
+    """The Bot API for one bot token on 127.0.0.1:<free port>; tests/telegram shows usage."""
 
-    def __init__(self, token: str = TOKEN, *, username: str = "capbot_test_bot",
-                 webhook_retries: int = 3, webhook_retry_delay: float = 0.05) -> None:
+    def __init__(
+        self,
+        token: str = TOKEN,
+        *,
+        username: str = "capbot_test_bot",
+        webhook_retries: int = 3,
+        webhook_retry_delay: float = 0.05,
+    ) -> None:
         self.token = token
-        self.bot_user = {
-            "id": int(token.split(":")[0]), "is_bot": True, "first_name": "CapBot Test",
-            "username": username, "can_join_groups": True, "can_read_all_group_messages": False,
-            "supports_inline_queries": False, "can_connect_to_business": False,
-            "has_main_web_app": False,
-        }
+        self.bot_user = {"id": int(token.split(":")[0]), "is_bot": True}
+        self.bot_user.update(first_name="CapBot Test", username=username, can_join_groups=True)
+        self.bot_user.update(can_read_all_group_messages=False, supports_inline_queries=False)
         self.requests: list[RecordedRequest] = []
         self.files: dict[str, StoredFile] = {}
         self.webhook: dict[str, Any] | None = None
@@ -508,18 +537,15 @@ class FakeBotApi:
         self._per_chat_limit: int | None = None
         self._global_limit: int | None = None
         self._sent_at: defaultdict[object, deque[float]] = defaultdict(deque)
-        self._forced_429 = (0, 1)  # (responses left, retry_after)
+        self._forced_429 = (0, 1)  # (answers left, retry_after)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._webhook_task: asyncio.Task[None] | None = None
+        # "getme" -> self._api_get_me, ...: Telegram's method names are case-insensitive.
         self._methods: dict[str, Callable[[dict, dict], Awaitable[Any]]] = {
-            name.lower(): getattr(self, "_" + re.sub(r"([A-Z])", r"_\1", name).lower())
-            for name in (
-                "getMe", "getUpdates", "setWebhook", "deleteWebhook", "getWebhookInfo",
-                "sendMessage", "editMessageText", "editMessageCaption", "editMessageReplyMarkup",
-                "deleteMessage", "answerCallbackQuery", "sendDocument", "getFile",
-                "setMyCommands", "getMyCommands", "deleteMyCommands", "sendChatAction",
-            )
+            name.removeprefix("_api_").replace("_", ""): getattr(self, name)
+            for name in dir(self)
+            if name.startswith("_api_")
         }
 
     # lifecycle
@@ -537,7 +563,7 @@ class FakeBotApi:
         app.router.add_route("*", "/bot{token}/{method}", self._handle_method)
         app.router.add_get("/file/bot{token}/{path:.+}", self._handle_file_download)
         # handler_cancellation: a long poll whose client went away (PTB cancels it on stop)
-        # must not linger and hold runner.cleanup().
+        # must not linger and hold up runner.cleanup().
         self._runner = web.AppRunner(
             app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None
         )
@@ -567,54 +593,65 @@ class FakeBotApi:
 
     # test-side controls and inspection
 
-    def user(self, user_id: int, first_name: str | None = None, *, last_name: str | None = None,
-             username: str | None = None, language_code: str | None = None) -> SimulatedUser:
+    def user(
+        self,
+        user_id: int,
+        first_name: str | None = None,
+        *,
+        last_name: str | None = None,
+        username: str | None = None,
+        language_code: str | None = None,
+    ) -> SimulatedUser:
         """The simulated user (and private chat) with this id, created on first use."""
-        chat = self._chats.get(user_id)
-        if chat is None:
-            chat = SimulatedUser(self, user_id, first_name or f"User{user_id}", last_name,
-                                 username, language_code)
-            self._chats[user_id] = chat
-        assert isinstance(chat, SimulatedUser)
-        return chat
+        if user_id not in self._chats:
+            first_name = first_name or f"User{user_id}"
+            names = {"first_name": first_name, "last_name": last_name, "username": username}
+            self._chats[user_id] = SimulatedUser(self, user_id, language_code, **names)
+        user = self._chats[user_id]
+        assert isinstance(user, SimulatedUser)
+        return user
 
-    def group(self, chat_id: int, title: str = "Test group", *,
-              members: list[SimulatedUser] | tuple[SimulatedUser, ...] = ()) -> SimulatedGroup:
-        chat = self._chats.get(chat_id)
-        if chat is None:
-            chat = self._chats[chat_id] = SimulatedGroup(self, chat_id, title, list(members))
-        assert isinstance(chat, SimulatedGroup)
-        return chat
+    def group(
+        self, chat_id: int, title: str = "Test group", *, members: tuple[SimulatedUser, ...] = ()
+    ) -> SimulatedGroup:
+        """The simulated group with this (negative) id, created on first use."""
+        if chat_id not in self._chats:
+            self._chats[chat_id] = SimulatedGroup(self, chat_id, title, list(members))
+        group = self._chats[chat_id]
+        assert isinstance(group, SimulatedGroup)
+        return group
 
     def chat(self, chat_id: int) -> SimulatedChat:
         return self._chats[chat_id]
 
     def block_user(self, chat_id: int, blocked: bool = True) -> None:
-        """Make calls to this chat answer 403 "Forbidden: bot was blocked by the user"."""
+        """Calls about this chat answer 403 "Forbidden: bot was blocked by the user"."""
         self._chats[chat_id].blocked = blocked
 
-    def set_flood_limit(self, per_chat_per_second: int | None = None,
-                        global_per_second: int | None = None) -> None:
+    def set_flood_limit(
+        self, per_chat_per_second: int | None = None, global_per_second: int | None = None
+    ) -> None:
         """Answer 429 to send*/edit* calls beyond these rates (sliding one-second window)."""
         self._per_chat_limit, self._global_limit = per_chat_per_second, global_per_second
         self._sent_at.clear()
 
     def force_429(self, count: int = 1, retry_after: int = 1) -> None:
-        """Answer the next `count` calls (other than getUpdates/getMe/webhook ones) with 429."""
+        """Answer the next `count` calls (but getUpdates, getMe, webhook calls) with 429."""
         self._forced_429 = (count, retry_after)
 
     def calls(self, method: str) -> list[dict[str, Any]]:
-        """Parameters of every recorded call of `method` (case-insensitive)."""
+        """Parameters of every recorded call of `method` (case-insensitive), in order."""
         return [r.params for r in self.requests if r.method.lower() == method.lower()]
 
     def my_commands(self, language_code: str = "", scope: dict | None = None) -> list[dict]:
+        """What setMyCommands stored for this scope (default scope) and language."""
         return self._commands.get(_commands_key(scope, language_code), [])
 
     def file_bytes(self, file_id: str) -> bytes:
         return self.files[file_id].data
 
-    async def wait_for(self, condition: Callable[[], Any], timeout: float = 5.0) -> Any:
-        """Wait until condition() is truthy (re-checked after every Bot API call)."""
+    async def wait_for(self, condition: Callable[[], Any], timeout: float = 5.0) -> Any:  # noqa: ASYNC109
+        """Wait until condition() is truthy (checked after every Bot API call), return it."""
         return await self._changed.wait_for(condition, timeout)
 
     # used by simulated chats
@@ -631,40 +668,42 @@ class FakeBotApi:
         self._open_queries[query_id] = chat
         return query_id
 
-    def store_file(self, data: bytes, folder: str, *, filename: str | None = None,
-                   mime_type: str | None = None) -> StoredFile:
+    def store_file(
+        self,
+        data: bytes,
+        folder: str,
+        *,
+        filename: str | None = None,
+        mime_type: str | None = None,
+    ) -> StoredFile:
         number = next(self._ids)
         suffix = filename.rsplit(".", 1)[-1] if filename and "." in filename else "bin"
-        stored = StoredFile(f"FAKE{folder[:3].upper()}{number:08d}", f"U{number:08d}",
-                            f"{folder}/file_{number}.{suffix}", data, filename, mime_type)
-        self.files[stored.file_id] = stored
+        file_id, path = f"FAKE{folder[:3].upper()}{number:08d}", f"{folder}/file_{number}.{suffix}"
+        stored = StoredFile(file_id, f"U{number:08d}", path, data, filename, mime_type)
+        self.files[file_id] = stored
         return stored
 
     def validate_reply_markup(self, markup: Any) -> dict[str, Any] | None:
-        if markup is None:
-            return None
         if isinstance(markup, str):
             try:
                 markup = json.loads(markup)
             except ValueError:
                 raise _bad("can't parse reply keyboard markup JSON object") from None
-        for row in markup.get("inline_keyboard", []):
+        for row in (markup or {}).get("inline_keyboard", []):
             for button in row:
                 if "callback_data" in button:
                     if not 1 <= len(str(button["callback_data"]).encode()) <= 64:
                         raise _bad("BUTTON_DATA_INVALID")
-                elif not any(kind in button for kind in _INLINE_BUTTON_KINDS):
-                    raise _bad("can't parse inline keyboard button: Text buttons are "
-                               "unallowed in the inline keyboard")
+                elif set(button) <= {"text"}:
+                    raise _bad("can't parse inline keyboard button: Text buttons are unallowed")
         return markup
 
     # HTTP plumbing
 
     async def _handle_method(self, request: web.Request) -> web.Response:
         if request.match_info["token"] != self.token:
-            return web.json_response(
-                {"ok": False, "error_code": 401, "description": "Unauthorized"}, status=401
-            )
+            body = {"ok": False, "error_code": 401, "description": "Unauthorized"}
+            return web.json_response(body, status=401)
         method = request.match_info["method"]
         params, files = await _read_params(request)
         record = RecordedRequest(method, params, files)
@@ -689,13 +728,11 @@ class FakeBotApi:
         stored = next((f for f in self.files.values() if f.file_path == path), None)
         if request.match_info["token"] != self.token or stored is None:
             raise web.HTTPNotFound()
-        return web.Response(
-            body=stored.data, content_type=stored.mime_type or "application/octet-stream"
-        )
+        return web.Response(body=stored.data, content_type="application/octet-stream")
 
     def _check_flood(self, method: str, params: dict[str, Any]) -> None:
-        if method in _UNTHROTTLED:
-            return
+        if method.startswith("get") or "webhook" in method or method == "sendchataction":
+            return  # not counted by Telegram's flood limits; force_429() spares them too
         left, retry_after = self._forced_429
         if left > 0:
             self._forced_429 = (left - 1, retry_after)
@@ -705,7 +742,7 @@ class FakeBotApi:
         now = time.monotonic()
         windows = [(self._sent_at["all"], self._global_limit)]
         if "chat_id" in params:
-            windows.append((self._sent_at[("chat", str(params["chat_id"]))], self._per_chat_limit))
+            windows.append((self._sent_at[str(params["chat_id"])], self._per_chat_limit))
         for window, limit in windows:
             while window and now - window[0] >= 1.0:
                 window.popleft()
@@ -715,13 +752,14 @@ class FakeBotApi:
             window.append(now)
 
     async def _deliver_webhook_updates(self) -> None:
-        """Push pending updates to the webhook one at a time, in order (Telegram may do up to
-        max_connections at once; in order is what a test wants)."""
+        """Push pending updates to the webhook one at a time, in order (Telegram may use up to
+        max_connections at once; in order is what tests want)."""
         while True:
             await self._updates_changed.wait_for(lambda: self.webhook and self._pending, None)
             update, hook = self._pending[0], self.webhook
+            assert hook is not None
             await self._post_update(hook, update)
-            # Dropped after bounded retries either way; it may already be gone (drop_pending).
+            # Delivered or given up on; it may be gone already (drop_pending_updates).
             if self._pending and self._pending[0] is update:
                 self._pending.pop(0)
 
@@ -734,50 +772,54 @@ class FakeBotApi:
                     if resp.status < 300:
                         return True
                     error = f"Wrong response from the webhook: {resp.status} {resp.reason}"
-            except Exception as exc:  # any failure of the bot's side must not stop delivery
+            except Exception as exc:  # whatever the bot's side does, delivery goes on
                 error = f"Connection failed: {exc!r}"
             self.webhook_errors.append(error)
             hook["last_error"] = (_now(), error)
             await asyncio.sleep(self.webhook_retry_delay * 2**attempt)
         return False
 
-    # Bot API methods: (params, uploaded files) -> result; raise ApiError to fail
+    # Bot API methods, _api_<snake_case name>: (params, uploaded files) -> result, or raise
 
-    async def _get_me(self, params: dict, files: dict) -> dict[str, Any]:
+    async def _api_get_me(self, params: dict, files: dict) -> dict[str, Any]:
         return self.bot_user
 
-    async def _get_updates(self, params: dict, files: dict) -> list[dict[str, Any]]:
+    async def _api_get_updates(self, params: dict, files: dict) -> list[dict[str, Any]]:
         if self.webhook:
-            raise ApiError(409, "Conflict: can't use getUpdates method while webhook is active;"
-                                " use deleteWebhook to delete the webhook first")
+            raise ApiError(
+                409,
+                "Conflict: can't use getUpdates method while webhook is active; "
+                "use deleteWebhook to delete the webhook first",
+            )
         offset = int(params.get("offset") or 0)
         if offset > 0:  # confirms every update before `offset`
             self._pending = [u for u in self._pending if u["update_id"] >= offset]
         elif offset < 0:
             self._pending = self._pending[offset:]
         limit = min(max(int(params.get("limit") or 100), 1), 100)
-        # A newer getUpdates ends this one with 409, like Telegram does.
+        # A newer getUpdates ends this one with 409, as Telegram does.
         self._poll_generation += 1
         generation = self._poll_generation
         self._updates_changed.notify()
 
         def answerable() -> bool:
-            return bool(self._pending or self._stopping or self.webhook
-                        or generation != self._poll_generation)
+            superseded = generation != self._poll_generation
+            return bool(self._pending or self._stopping or self.webhook or superseded)
 
-        try:
+        with contextlib.suppress(TimeoutError):
             await self._updates_changed.wait_for(answerable, float(params.get("timeout") or 0))
-        except TimeoutError:
-            pass
         if generation != self._poll_generation:
-            raise ApiError(409, "Conflict: terminated by other getUpdates request; make sure "
-                                "that only one bot instance is running")
+            raise ApiError(
+                409,
+                "Conflict: terminated by other getUpdates request; "
+                "make sure that only one bot instance is running",
+            )
         return [] if self.webhook else self._pending[:limit]
 
-    async def _set_webhook(self, params: dict, files: dict) -> bool:
+    async def _api_set_webhook(self, params: dict, files: dict) -> bool:
         url = params.get("url") or ""
         if not url:
-            return await self._delete_webhook(params, files)
+            return await self._api_delete_webhook(params, files)
         # Telegram demands HTTPS on 443/80/88/8443; the fake accepts plain HTTP on loopback.
         if not url.startswith(("http://", "https://")):
             raise _bad("bad webhook: An HTTPS URL must be provided for webhook")
@@ -789,24 +831,24 @@ class FakeBotApi:
             raise _bad("bad webhook: max_connections must be between 1 and 100")
         if params.get("drop_pending_updates"):
             self._pending.clear()
-        self.webhook = {"url": url, "secret_token": secret, "max_connections": max_connections,
-                        "allowed_updates": params.get("allowed_updates")}
+        self.webhook = {"url": url, "secret_token": secret, "max_connections": max_connections}
+        self.webhook["allowed_updates"] = params.get("allowed_updates")
         self._updates_changed.notify()
         return True
 
-    async def _delete_webhook(self, params: dict, files: dict) -> bool:
+    async def _api_delete_webhook(self, params: dict, files: dict) -> bool:
         if params.get("drop_pending_updates"):
             self._pending.clear()
         self.webhook = None
         self._updates_changed.notify()
         return True
 
-    async def _get_webhook_info(self, params: dict, files: dict) -> dict[str, Any]:
-        info: dict[str, Any] = {"url": "", "has_custom_certificate": False,
-                                "pending_update_count": len(self._pending)}
+    async def _api_get_webhook_info(self, params: dict, files: dict) -> dict[str, Any]:
+        info: dict[str, Any] = {"url": "", "has_custom_certificate": False}
+        info["pending_update_count"] = len(self._pending)
         if self.webhook:
             info.update(url=self.webhook["url"], max_connections=self.webhook["max_connections"])
-            if self.webhook.get("allowed_updates"):
+            if self.webhook["allowed_updates"]:
                 info["allowed_updates"] = self.webhook["allowed_updates"]
             if "last_error" in self.webhook:
                 info["last_error_date"], info["last_error_message"] = self.webhook["last_error"]
@@ -826,27 +868,24 @@ class FakeBotApi:
             raise ApiError(403, "Forbidden: bot was blocked by the user")
         return chat
 
-    def _bot_message(
-        self, params: dict[str, Any], action: str
-    ) -> tuple[SimulatedChat, ChatMessage]:
+    def _message(self, params: dict[str, Any], action: str) -> tuple[SimulatedChat, ChatMessage]:
         chat = self._chat(params)
         if params.get("inline_message_id"):
             raise _bad("inline messages are not emulated by FakeBotApi")
         message = chat._by_id.get(int(params.get("message_id") or 0))
         if message is None or message.deleted:
             raise _bad(f"message to {action} not found")
-        if not message.from_bot and action == "edit":
+        if action == "edit" and not message.from_bot:
             raise _bad("message can't be edited")
         return chat, message
 
     @staticmethod
     def _formatted(params: dict[str, Any], key: str, limit: int) -> dict[str, Any]:
-        """Validate text/caption like Telegram; returns {key, key's entities} (None = absent)."""
-        raw = params.get(key)
+        """Check text or caption as Telegram does: {key: text, key's entities} (None = none)."""
         entities_key = "entities" if key == "text" else "caption_entities"
-        if key == "caption" and not raw:
+        if key == "caption" and not params.get(key):
             return {key: None, entities_key: None}
-        text, entities = str(raw or ""), params.get(entities_key)
+        text, entities = str(params.get(key) or ""), params.get(entities_key)
         if str(params.get("parse_mode") or "").upper() == "HTML":
             try:
                 text, entities = parse_html(text)
@@ -854,42 +893,36 @@ class FakeBotApi:
                 raise _bad(f"can't parse entities: {exc}") from None
         if not text.strip():
             raise _bad("message text is empty")
-        if len(text) > limit:  # Telegram counts characters after entity parsing
-            raise _bad(f"message {'is' if key == 'text' else 'caption is'} too long")
+        if len(text) > limit:  # counted after entity parsing
+            raise _bad("message is too long" if key == "text" else "message caption is too long")
         return {key: text, entities_key: entities or None}
 
-    async def _send_message(self, params: dict, files: dict) -> dict[str, Any]:
+    async def _api_send_message(self, params: dict, files: dict) -> dict[str, Any]:
         chat = self._chat(params)
         content = {k: v for k, v in self._formatted(params, "text", 4096).items() if v}
         return chat._post_bot_message(content, params).data
 
-    async def _edit_message_text(self, params: dict, files: dict) -> dict[str, Any]:
-        chat, message = self._bot_message(params, "edit")
+    async def _api_edit_message_text(self, params: dict, files: dict) -> dict[str, Any]:
+        chat, message = self._message(params, "edit")
         if "text" not in message.data:
             raise _bad("there is no text in the message to edit")
         changes = self._formatted(params, "text", 4096)
-        # Like Telegram: an edit without reply_markup removes the inline keyboard.
+        # As in Telegram, an edit without reply_markup removes the inline keyboard.
         changes["reply_markup"] = self.validate_reply_markup(params.get("reply_markup"))
         return chat._edit(message, changes)
 
-    async def _edit_message_caption(self, params: dict, files: dict) -> dict[str, Any]:
-        chat, message = self._bot_message(params, "edit")
-        changes = self._formatted(params, "caption", 1024)
-        changes["reply_markup"] = self.validate_reply_markup(params.get("reply_markup"))
-        return chat._edit(message, changes)
-
-    async def _edit_message_reply_markup(self, params: dict, files: dict) -> dict[str, Any]:
-        chat, message = self._bot_message(params, "edit")
+    async def _api_edit_message_reply_markup(self, params: dict, files: dict) -> dict[str, Any]:
+        chat, message = self._message(params, "edit")
         markup = self.validate_reply_markup(params.get("reply_markup"))
         return chat._edit(message, {"reply_markup": markup})
 
-    async def _delete_message(self, params: dict, files: dict) -> bool:
-        chat, message = self._bot_message(params, "delete")
+    async def _api_delete_message(self, params: dict, files: dict) -> bool:
+        chat, message = self._message(params, "delete")
         message.deleted = True
         chat._changed.notify()
         return True
 
-    async def _answer_callback_query(self, params: dict, files: dict) -> bool:
+    async def _api_answer_callback_query(self, params: dict, files: dict) -> bool:
         query_id = str(params.get("callback_query_id") or "")
         if query_id not in self._open_queries:
             raise _bad("query is too old and response timeout expired or query ID is invalid")
@@ -900,37 +933,35 @@ class FakeBotApi:
         chat._changed.notify()
         return True
 
-    async def _send_document(self, params: dict, files: dict[str, Upload]) -> dict[str, Any]:
+    async def _api_send_document(self, params: dict, files: dict[str, Upload]) -> dict[str, Any]:
         chat = self._chat(params)
         document = params.get("document")
+        part = "document"
         if isinstance(document, str) and document.startswith("attach://"):
-            upload = files.get(document.removeprefix("attach://"))
-        else:
-            upload = files.get("document")
-        if upload is not None:
-            stored = self.store_file(upload.data, "documents", filename=upload.filename,
-                                     mime_type=upload.mime_type)
+            part = document.removeprefix("attach://")
+        if (upload := files.get(part)) is not None:
+            stored = self.store_file(
+                upload.data, "documents", filename=upload.filename, mime_type=upload.mime_type
+            )
         elif document in self.files:
-            stored = self.files[document]  # re-sending by file_id
+            stored = self.files[document]  # sent again by file_id
         elif document is None:
             raise _bad("there is no document in the request")
         else:
             raise _bad("wrong file identifier/HTTP URL specified")
-        content = {"document": stored.as_document()}
-        caption = self._formatted(params, "caption", 1024)
-        content.update({k: v for k, v in caption.items() if v})
+        content = {"document": stored.as_json()}
+        content.update((k, v) for k, v in self._formatted(params, "caption", 1024).items() if v)
         return chat._post_bot_message(content, params).data
 
-    async def _get_file(self, params: dict, files: dict) -> dict[str, Any]:
+    async def _api_get_file(self, params: dict, files: dict) -> dict[str, Any]:
         stored = self.files.get(str(params.get("file_id")))
         if stored is None:
             raise _bad("invalid file_id")
         if len(stored.data) > 20 * 2**20:
             raise _bad("file is too big")
-        return {"file_id": stored.file_id, "file_unique_id": stored.file_unique_id,
-                "file_size": len(stored.data), "file_path": stored.file_path}
+        return {**stored.as_json(file_name=None, mime_type=None), "file_path": stored.file_path}
 
-    async def _set_my_commands(self, params: dict, files: dict) -> bool:
+    async def _api_set_my_commands(self, params: dict, files: dict) -> bool:
         commands = params.get("commands") or []
         if len(commands) > 100:
             raise _bad("too many commands")
@@ -938,29 +969,26 @@ class FakeBotApi:
             if not re.fullmatch(r"[a-z0-9_]{1,32}", str(command.get("command", ""))):
                 raise _bad("BOT_COMMAND_INVALID")
             if not 1 <= len(str(command.get("description", ""))) <= 256:
-                raise _bad("command description must be 1-256 characters")
+                raise _bad("command description must be 1-256 characters long")
         key = _commands_key(params.get("scope"), params.get("language_code"))
-        self._commands[key] = [{"command": c["command"], "description": c["description"]}
-                               for c in commands]
+        self._commands[key] = [
+            {"command": c["command"], "description": c["description"]} for c in commands
+        ]
         return True
 
-    async def _get_my_commands(self, params: dict, files: dict) -> list[dict[str, str]]:
+    async def _api_get_my_commands(self, params: dict, files: dict) -> list[dict[str, str]]:
         return self.my_commands(params.get("language_code") or "", params.get("scope"))
 
-    async def _delete_my_commands(self, params: dict, files: dict) -> bool:
+    async def _api_delete_my_commands(self, params: dict, files: dict) -> bool:
         self._commands.pop(_commands_key(params.get("scope"), params.get("language_code")), None)
         return True
 
-    async def _send_chat_action(self, params: dict, files: dict) -> bool:
+    async def _api_send_chat_action(self, params: dict, files: dict) -> bool:
         chat = self._chat(params)
-        if params.get("action") not in _CHAT_ACTIONS:
+        if not params.get("action"):
             raise _bad("wrong parameter action in request")
         chat.chat_actions.append(params["action"])
         return True
-
-
-def _too_many(retry_after: int) -> ApiError:
-    return ApiError(429, f"Too Many Requests: retry after {retry_after}", retry_after)
 
 
 def _commands_key(scope: Any, language_code: Any) -> tuple[str, str]:
@@ -975,25 +1003,25 @@ def _decode_form_value(name: str, value: str) -> Any:
     try:
         return json.loads(value)
     except ValueError:
-        return value
+        return value  # e.g. "@channel", "attach://...", a file_id
 
 
 async def _read_params(request: web.Request) -> tuple[dict[str, Any], dict[str, Upload]]:
     """Parameters from the query string and a JSON, urlencoded or multipart body."""
     form: dict[str, str] = dict(request.query)
-    params: dict[str, Any] = {}
+    body: dict[str, Any] = {}
     files: dict[str, Upload] = {}
-    if request.content_type == "application/json":
-        params = await request.json() if request.can_read_body else {}
+    if request.content_type == "application/json" and request.can_read_body:
+        body = await request.json()
     elif request.content_type == "multipart/form-data":
         async for part in await request.multipart():
             if not isinstance(part, aiohttp.BodyPartReader) or part.name is None:
                 continue
-            if part.filename is not None:
-                files[part.name] = Upload(part.filename, bytes(await part.read()),
-                                          part.headers.get(aiohttp.hdrs.CONTENT_TYPE))
-            else:
+            if part.filename is None:
                 form[part.name] = await part.text()
+            else:
+                mime = part.headers.get(aiohttp.hdrs.CONTENT_TYPE)
+                files[part.name] = Upload(part.filename, bytes(await part.read()), mime)
     elif request.can_read_body:
-        form.update({k: v for k, v in (await request.post()).items() if isinstance(v, str)})
-    return {**{k: _decode_form_value(k, v) for k, v in form.items()}, **params}, files
+        form.update((k, v) for k, v in (await request.post()).items() if isinstance(v, str))
+    return {**{k: _decode_form_value(k, v) for k, v in form.items()}, **body}, files

@@ -1,0 +1,54 @@
+"""Composition root: builds settings, questionnaires, catalogs, database and service once."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.config import Settings
+from bot.engine import Engine
+from bot.i18n import Translations
+from bot.language import LanguageDetector, get_detector
+from bot.questionnaire import Questionnaire, default_questionnaire, load_questionnaires
+from bot.service import ConversationService
+from storage.db import create_engine, upgrade
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class App:
+    settings: Settings
+    questionnaires: dict[str, Questionnaire]
+    questionnaire: Questionnaire  # the default one for new respondents
+    translations: Translations
+    engines: dict[str, Engine]
+    detector: LanguageDetector
+    db: AsyncEngine
+    service: ConversationService
+
+    async def close(self) -> None:
+        await self.db.dispose()
+
+
+def load_content(settings: Settings) -> tuple[dict[str, Questionnaire], Questionnaire,
+                                              Translations]:
+    """Questionnaires and catalogs, validated; a DataFileError names the file and problem."""
+    questionnaires = load_questionnaires(settings.questionnaires_dir)
+    chosen = default_questionnaire(questionnaires, settings.questionnaire)
+    questionnaires.setdefault(chosen.id, chosen)
+    translations = Translations(settings.locales_dir, questionnaires.values())
+    return questionnaires, chosen, translations
+
+
+async def build_app(settings: Settings, *, migrate: bool = True) -> App:
+    questionnaires, chosen, translations = load_content(settings)
+    engines = {qid: Engine(q, translations) for qid, q in questionnaires.items()}
+    db = create_engine(settings.database_url)
+    if migrate:
+        await upgrade(db)
+    detector = get_detector()
+    service = ConversationService(db, engines, chosen.id, detector)
+    return App(settings, questionnaires, chosen, translations, engines, detector, db, service)

@@ -1,0 +1,101 @@
+"""The `capbot` command line: serve, chat, export, stats, detect-language, db upgrade."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import sys
+
+from bot.config import ConfigError, Settings, load_settings
+from bot.i18n import LANGUAGES
+from bot.yamlfile import DataFileError
+
+logger = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="capbot", description="Biosafety capacity-building "
+                                "questionnaire bot (Telegram, email, console).")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run every configured channel until SIGTERM/SIGINT")
+    chat = sub.add_parser("chat", help="answer the questionnaire in this terminal")
+    chat.add_argument("--user", default=None, help="respondent id (resume with the same id)")
+    chat.add_argument("--lang", choices=LANGUAGES, default=None, help="language to use")
+    chat.add_argument("--json", action="store_true", help="JSON Lines in and out, for scripts")
+    exp = sub.add_parser("export", help="write the answers as CSV files (directory or .zip)")
+    exp.add_argument("--out", required=True, help="a directory, or a path ending in .zip")
+    exp.add_argument("--status", default="submitted", help="submitted | draft | all")
+    exp.add_argument("--since", help="only submissions updated on or after this date")
+    exp.add_argument("--until", help="only submissions updated on or before this date")
+    exp.add_argument("--channel", help="console | telegram | email")
+    exp.add_argument("--country", help="ISO 3166 code of the respondent's country")
+    exp.add_argument("--questionnaire", help="questionnaire id")
+    exp.add_argument("--lang", help="add label columns in this language")
+    exp.add_argument("--split-multi", action="store_true",
+                     help="one 0/1 column per option of each multi-choice question")
+    stats = sub.add_parser("stats", help="progress of the reporting round")
+    stats.add_argument("--json", action="store_true")
+    sub.add_parser("detect-language", help="classify lines of standard input by language")
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="apply migrations up to the latest schema")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "detect-language":
+        from bot.language import run_detect_language
+
+        return run_detect_language(sys.stdin, sys.stdout)
+    try:
+        settings = load_settings()
+        logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if args.command != "serve":
+            logging.getLogger().setLevel(logging.WARNING)
+        return asyncio.run(_run(args, settings))
+    except (ConfigError, DataFileError) as exc:
+        print(f"capbot: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "serve":
+        from bot.server import serve
+
+        return await serve(settings)
+    if args.command == "export":
+        from storage.export_cli import run_export
+
+        return await run_export(settings, args)
+    if args.command == "stats":
+        from storage.export_cli import run_stats
+
+        return await run_stats(settings, args)
+
+    from bot.app import build_app
+
+    app = await build_app(settings)
+    try:
+        if args.command == "db":
+            print("database is at the latest schema", file=sys.stderr)
+            return 0
+        if args.command == "chat":
+            from handlers.console import ConsoleChannel
+
+            user = args.user or getpass.getuser() or "console"
+            channel = ConsoleChannel(app.service, user, language=args.lang,
+                                     json_mode=args.json)
+            return await channel.run(sys.stdin)
+    finally:
+        await app.close()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

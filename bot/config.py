@@ -1,0 +1,92 @@
+"""Typed settings from the environment (and .env), validated at start-up with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CAPBOT_", env_file=".env",
+                                      env_file_encoding="utf-8", extra="ignore")
+
+    database_url: str = Field("sqlite+aiosqlite:///capbot.db",
+                              description="SQLAlchemy async URL; SQLite file in the working dir")
+    questionnaire: str | None = Field(None, description="questionnaire id or YAML path")
+    questionnaires_dir: Path = Field(ROOT / "questionnaires")
+    locales_dir: Path = Field(ROOT / "locales")
+    log_level: str = "INFO"
+
+    telegram_token: str | None = None
+    telegram_api_url: str | None = Field(None, description="Bot API base URL, e.g. "
+                                                           "http://127.0.0.1:8081/bot")
+    telegram_admins: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    telegram_webhook_url: str | None = None
+    telegram_webhook_listen: str = "0.0.0.0"
+    telegram_webhook_port: int = 8443
+    telegram_webhook_secret: str | None = None
+
+    imap_host: str | None = None
+    imap_port: int | None = None
+    imap_user: str | None = None
+    imap_password: str | None = None
+    imap_security: Literal["ssl", "plain"] = "ssl"
+    imap_folder: str = "INBOX"
+    imap_processed_folder: str = "Processed"
+    smtp_host: str | None = None
+    smtp_port: int | None = None
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_security: Literal["ssl", "starttls", "plain"] = "starttls"
+    email_from: str | None = None
+    email_max_bytes: int = 2_000_000
+    email_daily_reply_cap: int = 30
+    secret_key: str | None = None
+    admin_emails: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("telegram_admins", "admin_emails", mode="before")
+    @classmethod
+    def _split_list(cls, value):
+        if isinstance(value, str):
+            return [v.strip() for v in value.replace(";", ",").split(",") if v.strip()]
+        if isinstance(value, int):
+            return [value]
+        return value
+
+    @property
+    def telegram_enabled(self) -> bool:
+        return bool(self.telegram_token)
+
+    @property
+    def email_enabled(self) -> bool:
+        return bool(self.imap_host and self.smtp_host)
+
+    def check_email(self) -> None:
+        missing = [name for name in ("imap_user", "imap_password", "email_from", "secret_key")
+                   if not getattr(self, name)]
+        if missing:
+            raise ConfigError("email channel: set " + ", ".join(
+                f"CAPBOT_{m.upper()}" for m in missing))
+
+
+def load_settings(**overrides) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = "CAPBOT_" + "_".join(str(p) for p in err["loc"][:1]).upper()
+            problems.append(f"{name}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+    except SettingsError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None

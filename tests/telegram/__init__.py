@@ -1,0 +1,1 @@
+"""Tests of the Telegram transport against a loopback fake of the Bot API."""
