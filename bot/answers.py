@@ -1,12 +1,12 @@
-"""Reading typed answers: normalization of digits and text, and parsing/validation per question type."""
+"""Reading typed answers: digit and text normalization, parsing and validation per type."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,7 +38,9 @@ class AnswerError(Exception):
 
 
 def normalize_digits(text: str) -> str:
-    """Any Unicode decimal digit (Arabic-Indic, full-width…) becomes ASCII; Arabic separators too."""
+    """Unicode decimal digits (Arabic-Indic, full-width…) become ASCII; Arabic separators too."""
+    if text.isascii():
+        return text
     out = []
     for ch in text:
         if ch.isdigit() and not ch.isascii():
@@ -53,6 +55,8 @@ def normalize_digits(text: str) -> str:
 
 def clean_text(text: str, *, multiline: bool = False) -> str:
     """Drop control, bidi and zero-width characters; NFC; keep newlines only for long text."""
+    if text.isascii() and text.isprintable():
+        return " ".join(text.split())
     text = unicodedata.normalize("NFC", text.translate(_BIDI_AND_INVISIBLE))
     kept = []
     for ch in text:
@@ -76,6 +80,7 @@ class AnswerParser:
 
     def __init__(self, translations: Translations) -> None:
         self.tr = translations
+        self._label_cache: dict[tuple, dict[str, str]] = {}
 
     def parse(self, qn: Questionnaire, question: Question, text: str, lang: str,
               options: tuple[Option, ...], value_of: Callable[[str], Any]) -> Any:
@@ -271,8 +276,7 @@ class AnswerParser:
         if token.upper() in codes:
             return token.upper()
         folded = fold(token)
-        labels = {fold(self.tr.option_label(lang, qn, question, o.code)): o.code
-                  for o in options}
+        labels = self._folded_labels(qn, question, lang, options)
         if folded in labels:
             return labels[folded]
         if len(folded) >= 4:
@@ -284,6 +288,15 @@ class AnswerParser:
                                   for c in sorted(hits))
                 raise AnswerError("error_choice_ambiguous", text=token[:60], options=names)
         return None
+
+    def _folded_labels(self, qn: Questionnaire, question: Question, lang: str,
+                       options: tuple[Option, ...]) -> dict[str, str]:
+        key = (qn.id, question.id, lang, tuple(o.code for o in options))
+        labels = self._label_cache.get(key)
+        if labels is None:
+            labels = self._label_cache[key] = {
+                fold(self.tr.option_label(lang, qn, question, o.code)): o.code for o in options}
+        return labels
 
     # -- countries ----------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from bot.i18n import Translations
 from bot.language import LanguageDetector, get_detector
 from bot.questionnaire import Questionnaire, default_questionnaire, load_questionnaires
 from bot.service import ConversationService
-from storage.db import create_engine, upgrade
+from storage.db import Database, upgrade
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +26,16 @@ class App:
     translations: Translations
     engines: dict[str, Engine]
     detector: LanguageDetector
-    db: AsyncEngine
+    database: Database
     service: ConversationService
 
+    @property
+    def db(self) -> AsyncEngine:
+        return self.database.engine
+
     async def close(self) -> None:
-        await self.db.dispose()
+        await self.service.close()
+        await self.database.dispose()
 
 
 def load_content(settings: Settings) -> tuple[dict[str, Questionnaire], Questionnaire,
@@ -46,9 +51,10 @@ def load_content(settings: Settings) -> tuple[dict[str, Questionnaire], Question
 async def build_app(settings: Settings, *, migrate: bool = True) -> App:
     questionnaires, chosen, translations = load_content(settings)
     engines = {qid: Engine(q, translations) for qid, q in questionnaires.items()}
-    db = create_engine(settings.database_url)
+    database = Database(settings.database_url)
     if migrate:
-        await upgrade(db)
+        await upgrade(database.engine)
     detector = get_detector()
-    service = ConversationService(db, engines, chosen.id, detector)
-    return App(settings, questionnaires, chosen, translations, engines, detector, db, service)
+    service = ConversationService(database, engines, chosen.id, detector)
+    return App(settings, questionnaires, chosen, translations, engines, detector, database,
+               service)

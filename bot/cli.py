@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
         logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         if args.command != "serve":
             logging.getLogger().setLevel(logging.WARNING)
         return asyncio.run(_run(args, settings))

@@ -19,7 +19,7 @@ DONE, SUBMIT, AMEND = "DONE", "SUBMIT", "AMEND"
 _COMMAND_RE = re.compile(r"^/([A-Za-z_]+)(?:@\w+)?(?:\s+(.*))?$", re.DOTALL)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # identity: slots come from one cached list
 class Slot:
     key: str  # "R1_name" or "A1_title@0" inside the repeated section
     question: Question
@@ -66,15 +66,24 @@ class Engine:
         self.qn = questionnaire
         self.tr = translations
         self.parser = AnswerParser(translations)
-        self._submit_words = {fold(translations.raw(lang, "submit_word")) for lang in translations.languages}
-        self._submit_words |= {fold(translations.raw(lang, "submit_button")) for lang in translations.languages}
-        self._submit_words.add("submit")
-        self._edit_words = {fold(translations.raw(lang, "edit_word")) for lang in translations.languages}
+        langs = translations.languages
+        self._submit_words = {fold(translations.raw(lang, key)) for lang in langs
+                              for key in ("submit_word", "submit_button")} | {"submit"}
+        self._edit_words = {fold(translations.raw(lang, "edit_word")) for lang in langs}
         self._edit_words.add("edit")
         self._done_words = {"done", "/done"} | {
             fold(translations.raw(lang, "done_button")) for lang in translations.languages}
         self._amend_words = {"amend"} | {
             fold(translations.raw(lang, "amend_button")) for lang in translations.languages}
+        self._triggers = frozenset(
+            ref for sec in questionnaire.sections
+            for cond in [sec.ask_if, *(q.ask_if for q in sec.questions)] if cond
+            for ref in cond.questions()) | {
+            sec.more_question for sec in questionnaire.sections if sec.more_question}
+        self._slot_cache: dict[tuple, list[Slot]] = {}
+        self._is_trigger: dict[str, bool] = {}
+        self._label_cache: dict[tuple, tuple[tuple[str, str], ...]] = {}
+        self._hint_cache: dict[tuple, tuple[str, ...]] = {}
         self._language_names: dict[str, str] = {}
         for lang in LANGUAGES:
             self._language_names[lang] = lang
@@ -101,7 +110,26 @@ class Engine:
     # -- slots -------------------------------------------------------------------------------
 
     def slots(self, answers: dict[str, Any]) -> list[Slot]:
-        """Questions that apply given the answers so far, in order, repeat instances expanded."""
+        """Questions that apply given the answers so far, in order, repeat instances expanded.
+
+        Only answers to questions that conditions look at can change the list, so it is
+        memoized on those values: most turns reuse a list computed before.
+        """
+        is_trigger = self._is_trigger
+        key = tuple((k, _frozen(v)) for k, v in answers.items()
+                    if is_trigger.get(k) or (k not in is_trigger and self._learn_trigger(k)))
+        found = self._slot_cache.get(key)
+        if found is None:
+            if len(self._slot_cache) > 20_000:
+                self._slot_cache.clear()
+            found = self._slot_cache[key] = self._compute_slots(answers)
+        return found
+
+    def _learn_trigger(self, key: str) -> bool:
+        found = self._is_trigger[key] = key.partition("@")[0] in self._triggers
+        return found
+
+    def _compute_slots(self, answers: dict[str, Any]) -> list[Slot]:
         out: list[Slot] = []
         top = answers.get
         for section in self.qn.sections:
@@ -166,7 +194,8 @@ class Engine:
         phase = st["phase"]
         if inbound.kind == "start" or cmd == "start" or phase == "new":
             self._start(turn, inbound, detection, now)
-        elif inbound.kind == "choice" and inbound.for_slot and inbound.for_slot != awaiting_key(st):
+        elif (inbound.kind == "choice" and inbound.for_slot
+              and inbound.for_slot != awaiting_key(st)):
             turn.events.append({"type": "stale", "pressed": inbound.choice,
                                 "for": inbound.for_slot})
             self._say(turn, "error_stale", kind="error")
@@ -266,7 +295,7 @@ class Engine:
         if proposed != "en":
             text += "\n" + self.tr.t("en", "language_menu")
         choices = tuple(Choice(lang, self.tr.language_name(lang), lang == proposed)
-                        for lang in translations.languages)
+                        for lang in self.tr.languages)
         turn.replies.append(Reply(text, "language_menu", proposed, None, "language", choices))
 
     def _language_input(self, turn: Turn, inbound: Inbound, detection: Detection | None,
@@ -346,10 +375,9 @@ class Engine:
             self._choice_answer(turn, current, options, (inbound.choice or "").upper(), slots)
             return
         text = inbound.text
-        if q.is_multi and q.type == "multi_choice":
-            if fold(clean_text(text)) in self._done_words:
-                self._finish_multi(turn, current, options, slots)
-                return
+        if q.type == "multi_choice" and fold(clean_text(text)) in self._done_words:
+            self._finish_multi(turn, current, options, slots)
+            return
         try:
             value = self.parser.parse(self.qn, q, text, st["lang"], options,
                                       self._value_getter(st["answers"], current.repeat))
@@ -368,7 +396,7 @@ class Engine:
             self._ask(turn, slots)
             return
         self._record(turn, current, value)
-        self._advance(turn)
+        self._advance(turn, None if q.id in self._triggers else slots)
 
     def _choice_answer(self, turn: Turn, slot: Slot, options: tuple[Option, ...], code: str,
                        slots: list[Slot]) -> None:
@@ -387,7 +415,7 @@ class Engine:
             self._ask(turn, slots)
         elif q.type in ("single_choice", "yes_no") and code in codes:
             self._record(turn, slot, code)
-            self._advance(turn)
+            self._advance(turn, None if q.id in self._triggers else slots)
         else:
             turn.events.append({"type": "invalid", "slot": slot.key, "reason": "bad_choice"})
             self._error(turn, AnswerError("error_choice", text=code[:40], count=len(codes)))
@@ -436,6 +464,8 @@ class Engine:
         return [s for s in slots if s.key in answers]
 
     def _try_edit(self, turn: Turn, text: str, slots: list[Slot]) -> bool:
+        if len(text) > 40 or not any(ch.isdigit() for ch in text):
+            return False
         words = fold(normalize_digits(clean_text(text))).lstrip("/").split()
         if len(words) != 2 or words[0] not in self._edit_words:
             return False
@@ -593,26 +623,21 @@ class Engine:
             section += " · " + self.tr.t(lang, "activity_label", n=slot.repeat + 1)
         progress = self.tr.t(lang, "progress", n=slots.index(slot) + 1, total=len(slots),
                              section=section)
-        parts = [progress, self.prompt_text(lang, slot, answers)]
-        hint = self.tr.question_hint(lang, self.qn, q)
-        if hint:
-            parts.append(hint)
+        required = self.is_required(slot, answers)
+        if q.other_of:
+            parts = [progress, self.prompt_text(lang, slot, answers),
+                     *self._static_hints(lang, q, required)]
+        else:
+            parts = [progress, *self._static_hints(lang, q, required)]
         options = self.options(slot, answers)
-        parts.append(self._format_hint(lang, q))
-        if q.max_select and q.is_multi:
-            parts.append(self.tr.tn(lang, "max_select_hint", q.max_select))
-        if q.max_words:
-            parts.append(self.tr.tn(lang, "word_limit_hint", q.max_words))
-        if not self.is_required(slot, answers):
-            parts.append(self.tr.t(lang, "optional_hint"))
         previous = answers.get(slot.key)
         if slot.key in answers and previous is not None:
             parts.append("→ " + self.display_value(lang, q, previous))
         choices: tuple[Choice, ...] = ()
         if q.type in ("single_choice", "multi_choice", "yes_no"):
             pending = st["pending"]
-            choices = tuple(Choice(o.code, self.tr.option_label(lang, self.qn, q, o.code),
-                                   o.code in pending) for o in options)
+            choices = tuple(Choice(code, label, code in pending)
+                            for code, label in self._labels(lang, q, options))
             if q.type == "multi_choice":
                 if pending:
                     names = "; ".join(self.tr.option_label(lang, self.qn, q, c) for c in pending)
@@ -621,6 +646,35 @@ class Engine:
         text = "\n".join(parts) if repeat_prompt else "\n".join(parts[1:])
         turn.replies.append(Reply(text, "question", lang, q.id, slot.key, choices,
                                   q.type == "multi_choice", progress))
+
+    def _labels(self, lang: str, q: Question,
+                options: tuple[Option, ...]) -> tuple[tuple[str, str], ...]:
+        key = (lang, q.id, options)
+        found = self._label_cache.get(key)
+        if found is None:
+            found = self._label_cache[key] = tuple(
+                (o.code, self.tr.option_label(lang, self.qn, q, o.code)) for o in options)
+        return found
+
+    def _static_hints(self, lang: str, q: Question, required: bool) -> tuple[str, ...]:
+        """Prompt (except 'please specify') and hints: the same on every asking, so cached."""
+        key = (lang, q.id, required)
+        found = self._hint_cache.get(key)
+        if found is not None:
+            return found
+        parts = [] if q.other_of else [self.tr.question_prompt(lang, self.qn, q)]
+        hint = self.tr.question_hint(lang, self.qn, q)
+        if hint:
+            parts.append(hint)
+        parts.append(self._format_hint(lang, q))
+        if q.max_select and q.is_multi:
+            parts.append(self.tr.tn(lang, "max_select_hint", q.max_select))
+        if q.max_words:
+            parts.append(self.tr.tn(lang, "word_limit_hint", q.max_words))
+        if not required:
+            parts.append(self.tr.t(lang, "optional_hint"))
+        found = self._hint_cache[key] = tuple(parts)
+        return found
 
     def _format_hint(self, lang: str, q: Question) -> str:
         key = {"single_choice": "hint_single", "multi_choice": "hint_multi"}.get(
@@ -640,6 +694,10 @@ class Engine:
         else:
             text = self.tr.t(lang, err.key, **err.values)
         turn.replies.append(Reply(text, "error", lang))
+
+
+def _frozen(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _looks_like_list(text: str) -> bool:

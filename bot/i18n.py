@@ -1,4 +1,4 @@
-"""Message catalogs for the six UN languages: lookup, plurals, country names, bidi-safe formatting."""
+"""Message catalogs for the six UN languages: lookup, plurals, country names, bidi isolation."""
 
 from __future__ import annotations
 

@@ -70,7 +70,9 @@ class Condition(_Strict):
             return any(c.holds(value_of) for c in self.any)
         if self.not_ is not None:
             return not self.not_.holds(value_of)
-        value = value_of(self.question)
+        return self._leaf(value_of(self.question))
+
+    def _leaf(self, value: Any) -> bool:
         if self.answered is not None:
             return (value is not None) == self.answered
         if value is None:

@@ -1,28 +1,41 @@
-"""The unit of work: lock the respondent, run the engine, persist everything in one transaction."""
+"""The unit of work: lock the respondent, run the engine, persist everything in one transaction.
+
+Turns are committed in small groups by a writer task (group commit): each turn's answers, state,
+events and outbox rows are written in the same transaction as its inbound record, and the
+caller gets the replies only after that transaction has committed. One durable commit then
+serves every turn that arrived while the previous one was being written.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import logging
 import secrets
 import traceback
+from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
-from bot.engine import Engine, Turn, awaiting
+from bot.engine import Engine, Turn, awaiting, split_slot
 from bot.language import LanguageDetector
 from bot.locks import KeyedLocks
 from bot.messages import Inbound, Reply
 from storage import repository as repo
+from storage.db import Database
 
 logger = logging.getLogger(__name__)
 _REF_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"  # no 0/O, 1/I/L: read aloud and typed safely
 # Events kept in the audit log; answers have their own table.
 _LOGGED_EVENTS = frozenset({"started", "language", "submitted", "amend", "cancelled", "resumed",
                             "invalid", "stale"})
+TurnFn = Callable[[Engine, dict, Inbound, datetime, Any], Turn]
 
 
 def utc_now() -> datetime:
@@ -34,9 +47,10 @@ def new_reference() -> str:
 
 
 def reply_to_payload(reply: Reply) -> dict[str, Any]:
-    data = asdict(reply)
-    data["choices"] = [[c.code, c.label, c.selected] for c in reply.choices]
-    return data
+    return {"text": reply.text, "kind": reply.kind, "language": reply.language,
+            "question": reply.question, "slot": reply.slot, "multi": reply.multi,
+            "progress": reply.progress,
+            "choices": [[c.code, c.label, c.selected] for c in reply.choices]}
 
 
 @dataclass(slots=True)
@@ -44,11 +58,34 @@ class TurnResult:
     replies: list[Reply] = field(default_factory=list)
     awaiting: str | None = None
     duplicate: bool = False
+    failed: bool = False
     respondent_id: int | None = None
     submission_id: int | None = None
     outbox_ids: list[int] = field(default_factory=list)
     state: dict[str, Any] | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Job:
+    inbound: Inbound
+    language: str | None
+    explicit: bool
+    prefill: dict[str, Any] | None
+    turn_fn: TurnFn | None
+    future: asyncio.Future
+
+
+@dataclass(slots=True)
+class _Work:
+    """What one turn will write, gathered before the batch's statements run."""
+
+    job: _Job
+    respondent_id: int
+    submission_id: int
+    turn: Turn | None = None
+    error: str | None = None
+    replies: list[Reply] = field(default_factory=list)
 
 
 OutboxListener = Callable[[str, list[int]], None]
@@ -57,19 +94,25 @@ OutboxListener = Callable[[str, list[int]], None]
 class ConversationService:
     """Inbound message in, replies out; nothing is sent before the turn is committed."""
 
-    def __init__(self, db: AsyncEngine, engines: dict[str, Engine], default_questionnaire: str,
+    def __init__(self, db: Database, engines: dict[str, Engine], default_questionnaire: str,
                  detector: LanguageDetector, *, clock: Callable[[], datetime] = utc_now,
                  reference_factory: Callable[[], str] = new_reference,
-                 inline_channels: frozenset[str] = frozenset({"console"})) -> None:
+                 inline_channels: frozenset[str] = frozenset({"console"}),
+                 writers: int | None = None, max_batch: int = 64) -> None:
         self.db = db
         self.engines = engines
         self.default_questionnaire = default_questionnaire
         self.detector = detector
         self.clock = clock
         self.new_reference = reference_factory
-        # Channels whose replies are delivered by the caller right after commit (console).
+        # Channels whose replies the caller prints right after commit (the console).
         self.inline_channels = inline_channels
         self.locks = KeyedLocks()
+        self.max_batch = max_batch
+        # SQLite has a single writer; PostgreSQL takes several batches at once.
+        self.writers = writers or (1 if db.is_sqlite else 4)
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._tasks: list[asyncio.Task] = []
         self._listeners: list[OutboxListener] = []
 
     def on_outbox(self, listener: OutboxListener) -> None:
@@ -80,80 +123,206 @@ class ConversationService:
         qid = state["questionnaire"] if state else self.default_questionnaire
         return self.engines.get(qid) or self.engines[self.default_questionnaire]
 
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        self._queue = None
+
     async def handle(self, inbound: Inbound, *, language: str | None = None,
-                     explicit_language: bool = False,
-                     prefill: dict[str, Any] | None = None,
-                     turn_fn: Callable[[Engine, dict, Inbound, datetime, Any], Turn] | None = None,
-                     ) -> TurnResult:
-        """Process one inbound message exactly once. Never raises for bad input."""
+                     explicit_language: bool = False, prefill: dict[str, Any] | None = None,
+                     turn_fn: TurnFn | None = None) -> TurnResult:
+        """Process one inbound message exactly once; bad input never raises."""
         async with self.locks.hold((inbound.channel, inbound.user_id)):
-            try:
-                result = await self._handle_locked(inbound, language, explicit_language,
-                                                   prefill, turn_fn)
-            except Exception as exc:
-                logger.exception("turn failed for %s/%s", inbound.channel, inbound.user_id)
-                await self._record_failure(inbound, exc)
-                raise
+            future = asyncio.get_running_loop().create_future()
+            self._submit(_Job(inbound, language, explicit_language, prefill, turn_fn, future))
+            result: TurnResult = await future
         if result.outbox_ids and inbound.channel not in self.inline_channels:
             for listener in self._listeners:
                 listener(inbound.channel, result.outbox_ids)
         return result
 
-    async def _handle_locked(self, inbound: Inbound, language: str | None,
-                             explicit_language: bool, prefill: dict[str, Any] | None,
-                             turn_fn) -> TurnResult:
-        now = self.clock()
-        async with self.db.begin() as conn:
-            inbound_id = await repo.insert_inbound(
-                conn, channel=inbound.channel, message_id=inbound.message_id,
-                user_id=inbound.user_id, kind=inbound.kind, payload=inbound.raw or inbound.text,
-                status="processed", reason=None, now=now)
-            if inbound_id is None:
-                return TurnResult(duplicate=True)
-            row = await repo.load_respondent(conn, inbound.channel, inbound.user_id, lock=True)
-            if row is None:
-                engine = self.engine_for(None)
-                state = engine.new_state(ref=self.new_reference(), language=language,
-                                         explicit=explicit_language, prefill=prefill)
-                respondent_id = await repo.create_respondent(
-                    conn, channel=inbound.channel, user_id=inbound.user_id,
-                    display_name=inbound.display_name, state=state, now=now)
-                submission_id = await repo.create_submission(
-                    conn, respondent_id=respondent_id, state=state, channel=inbound.channel,
-                    now=now)
-                if prefill:
-                    await repo.upsert_answers(
-                        conn, submission_id, [(k, 0, v) for k, v in prefill.items()], now=now,
-                        message_id=inbound.message_id)
-            else:
-                respondent_id, state, submission_id = row.id, row.state, row.submission_id
-                engine = self.engine_for(state)
-            detection = None
-            if (inbound.kind == "text" and not state.get("lang_explicit")
-                    and state["phase"] in ("new", "language")):
-                detection = self.detector.detect(inbound.text)
-            turn = (turn_fn or _default_turn)(engine, state, inbound, now, detection)
-            submission_id = await self._persist(conn, turn, respondent_id, submission_id,
-                                                inbound, inbound_id, now)
-            outbox_ids = await repo.insert_outbox(conn, [
-                {"channel": inbound.channel, "respondent_id": respondent_id,
-                 "address": inbound.user_id, "payload": reply_to_payload(r),
-                 "status": "sent" if inbound.channel in self.inline_channels else "pending",
-                 "attempts": 0, "created_at": now,
-                 "sent_at": now if inbound.channel in self.inline_channels else None}
-                for r in turn.replies])
-        return TurnResult(turn.replies, awaiting(turn.state), False, respondent_id,
-                          submission_id, outbox_ids, turn.state, turn.events)
+    def _submit(self, job: _Job) -> None:
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._tasks = [asyncio.create_task(self._writer(), name=f"turn-writer-{i}")
+                           for i in range(self.writers)]
+        self._queue.put_nowait(job)
 
-    async def _persist(self, conn, turn: Turn, respondent_id: int, submission_id: int,
-                       inbound: Inbound, inbound_id: int, now: datetime) -> int:
-        state = turn.state
+    async def _writer(self) -> None:
+        queue = self._queue
+        assert queue is not None
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < self.max_batch and not queue.empty():
+                batch.append(queue.get_nowait())
+            try:
+                results: list[Any] = await self._run_batch(batch, check_duplicates=False)
+            except IntegrityError:  # a redelivered message: find it with the careful path
+                results = await self._run_batch(batch, check_duplicates=True)
+            except Exception:
+                if len(batch) == 1:
+                    results = [await self._fail(batch[0])]
+                else:  # find the culprit: each turn alone, so the others still commit
+                    logger.exception("batch of %d failed; retrying turns one by one", len(batch))
+                    results = []
+                    for job in batch:
+                        try:
+                            results.append((await self._run_batch([job]))[0])
+                        except Exception:
+                            results.append(await self._fail(job))
+            for job, result in zip(batch, results, strict=True):
+                if not job.future.done():
+                    job.future.set_result(result)
+
+    async def _fail(self, job: _Job) -> TurnResult:
+        """The database refused the turn: keep the message and the reason, answer politely."""
+        logger.exception("turn failed for %s/%s", job.inbound.channel, job.inbound.user_id)
+        import sys
+
+        reason = "".join(traceback.format_exception_only(*sys.exc_info()[:2])).strip()[:2000]
+        await self._record_failure(job.inbound, reason)
+        return TurnResult(failed=True)
+
+    # -- one batch, one transaction -------------------------------------------------------------
+
+    async def _run_batch(self, batch: list[_Job], check_duplicates: bool = True
+                         ) -> list[TurnResult]:
+        """One transaction for the batch. Without the duplicate check, a redelivered message
+        makes the inbound insert fail on its unique key and the caller retries with it."""
+        return await self.db.transaction(self._process_batch, batch, check_duplicates,
+                                         self.clock())
+
+    def _process_batch(self, conn: Connection, batch: list[_Job], check_duplicates: bool,
+                       now: datetime) -> list[TurnResult]:
+        results: list[TurnResult | None] = [None] * len(batch)
+        live = self._drop_duplicates(conn, batch, results) if check_duplicates else batch
+        works = self._load(conn, live, now)
+        for work in works:
+            self._run_engine(work, now)
+        self._write(conn, works, now)
+        outbox_ids = self._write_outbox(conn, works, now)
+        for work, ids in zip(works, outbox_ids, strict=True):
+            index = batch.index(work.job)
+            turn = work.turn
+            if turn is None:
+                results[index] = TurnResult(work.replies, None, False, True, work.respondent_id,
+                                            work.submission_id, ids)
+            else:
+                results[index] = TurnResult(turn.replies, awaiting(turn.state), False, False,
+                                            work.respondent_id, work.submission_id, ids,
+                                            turn.state, turn.events)
+        return [r or TurnResult(duplicate=True) for r in results]
+
+    def _drop_duplicates(self, conn: Connection, batch: list[_Job],
+                               results: list) -> list[_Job]:
+        by_channel: dict[str, list[str]] = defaultdict(list)
+        for job in batch:
+            by_channel[job.inbound.channel].append(job.inbound.message_id)
+        seen: set[tuple[str, str]] = set()
+        for channel, ids in by_channel.items():
+            seen |= {(channel, mid) for mid in repo.existing_inbound(conn, channel, ids)}
+        live = []
+        for i, job in enumerate(batch):
+            key = (job.inbound.channel, job.inbound.message_id)
+            if key in seen:
+                results[i] = TurnResult(duplicate=True)
+            else:
+                seen.add(key)
+                live.append(job)
+        return live
+
+    def _load(self, conn: Connection, jobs: list[_Job], now: datetime) -> list[_Work]:
+        by_channel: dict[str, list[str]] = defaultdict(list)
+        for job in jobs:
+            by_channel[job.inbound.channel].append(job.inbound.user_id)
+        rows: dict[tuple[str, str], Any] = {}
+        for channel, users in by_channel.items():
+            found = repo.load_respondents(conn, channel, users, lock=True)
+            rows.update({(channel, user): row for user, row in found.items()})
+        works = []
+        for job in jobs:
+            ib = job.inbound
+            row = rows.get((ib.channel, ib.user_id))
+            if row is not None:
+                work = _Work(job, row.id, row.submission_id)
+                work.turn = Turn(row.state)  # placeholder until the engine runs
+            else:
+                engine = self.engine_for(None)
+                state = engine.new_state(ref=self.new_reference(), language=job.language,
+                                         explicit=job.explicit, prefill=job.prefill)
+                rid = repo.create_respondent(conn, channel=ib.channel, user_id=ib.user_id,
+                                                   display_name=ib.display_name, state=state,
+                                                   now=now)
+                sid = repo.create_submission(conn, respondent_id=rid, state=state,
+                                                   channel=ib.channel, now=now)
+                if job.prefill:
+                    repo.upsert_answers(conn, sid, [(k, 0, v) for k, v in
+                                                          job.prefill.items()], now=now,
+                                              message_id=ib.message_id)
+                work = _Work(job, rid, sid)
+                work.turn = Turn(state)
+            works.append(work)
+        return works
+
+    def _run_engine(self, work: _Work, now: datetime) -> None:
+        job, state = work.job, work.turn.state  # type: ignore[union-attr]
+        engine = self.engine_for(state)
+        detection = None
+        if (job.inbound.kind == "text" and not state.get("lang_explicit")
+                and state["phase"] in ("new", "language")):
+            detection = self.detector.detect(job.inbound.text)
+        try:
+            work.turn = (job.turn_fn or _default_turn)(engine, state, job.inbound, now,
+                                                       detection)
+        except Exception as exc:  # a bug must not lose the message or block the batch
+            logger.exception("engine failed on %s/%s", job.inbound.channel,
+                             job.inbound.message_id)
+            work.turn = None
+            work.error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            lang = state.get("lang") or "en"
+            text = engine.tr.t(lang, "error_internal")
+            work.replies = [Reply(text, "error", lang)]
+
+    def _write(self, conn: Connection, works: list[_Work], now: datetime) -> None:
+        inbound_rows, state_rows, answer_rows, touched, event_rows = [], [], [], [], []
+        for work in works:
+            ib = work.job.inbound
+            inbound_rows.append({
+                "channel": ib.channel, "channel_message_id": ib.message_id,
+                "channel_user_id": ib.user_id, "respondent_id": work.respondent_id,
+                "kind": ib.kind, "payload": ib.raw or ib.text,
+                "status": "failed" if work.turn is None else "processed",
+                "reason": work.error, "received_at": now})
+            if work.turn is None:
+                continue
+            work.submission_id = self._apply_events(conn, work, answer_rows, touched,
+                                                          event_rows, now)
+            state = work.turn.state
+            state_rows.append({"rid": work.respondent_id, "state": state,
+                               "language": state.get("lang"), "sid": work.submission_id,
+                               "now": now})
+        repo.insert_inbound_many(conn, inbound_rows)
+        repo.upsert_answer_rows(conn, answer_rows)
+        repo.touch_submissions(conn, touched)
+        repo.insert_events(conn, event_rows)
+        repo.save_states(conn, state_rows)
+
+    def _apply_events(self, conn: Connection, work: _Work, answer_rows: list,
+                            touched: list, event_rows: list, now: datetime) -> int:
+        turn, sid, rid = work.turn, work.submission_id, work.respondent_id
+        assert turn is not None
+        message_id = work.job.inbound.message_id
         upserts: dict[tuple[str, int], Any] = {}
         removed: set[tuple[str, int]] = set()
-        sub_changes: dict[str, Any] = {}
-        logged = []
+        changes: dict[str, Any] = {}
+        answers_changed = False
         for ev in turn.events:
             kind = ev["type"]
+            answers_changed |= kind in ("answer", "answer_removed")
             if kind == "answer":
                 key = (ev["question"], ev["repeat"] or 0)
                 upserts[key] = ev["value"]
@@ -163,65 +332,85 @@ class ConversationService:
                 upserts.pop(key, None)
                 removed.add(key)
             elif kind == "submitted":
-                sub_changes.update(status="submitted", submitted_at=now)
+                changes.update(status="submitted", submitted_at=now)
             elif kind == "cancelled":
-                sub_changes.update(status="cancelled")
+                changes.update(status="cancelled")
             elif kind == "resumed":
-                sub_changes.update(status="draft")
+                changes.update(status="draft")
             elif kind == "language":
-                sub_changes.update(language=ev["language"])
+                changes.update(language=ev["language"])
             elif kind == "amend":
-                # A new version: the submitted row stays as it was.
-                submission_id = await repo.create_submission(
-                    conn, respondent_id=respondent_id, state=state, channel=inbound.channel,
-                    now=now, supersedes_id=submission_id)
-                await repo.upsert_answers(
-                    conn, submission_id,
-                    [(*_split(k), v) for k, v in state["answers"].items()], now=now,
-                    message_id=inbound.message_id)
+                # A new version: the submitted row and its answers stay as they were.
+                self._flush_slots(conn, sid, upserts, removed, answer_rows, now,
+                                        message_id)
+                sid = repo.create_submission(conn, respondent_id=rid, state=turn.state,
+                                                   channel=work.job.inbound.channel, now=now,
+                                                   supersedes_id=sid)
+                for key, value in turn.state["answers"].items():
+                    qid, rep = split_slot(key)
+                    upserts[(qid, rep or 0)] = value
             if kind in _LOGGED_EVENTS:
-                logged.append({"respondent_id": respondent_id, "submission_id": submission_id,
-                               "type": kind, "data": ev, "created_at": now})
-        if removed:
-            await repo.delete_answers(conn, submission_id, removed)
-        if upserts:
-            await repo.upsert_answers(conn, submission_id,
-                                      [(q, r, v) for (q, r), v in upserts.items()], now=now,
-                                      message_id=inbound.message_id)
-        if upserts or removed or sub_changes:
-            await repo.update_submission(conn, submission_id, updated_at=now, **sub_changes)
-        await repo.insert_events(conn, logged)
-        await repo.save_state(conn, respondent_id, state, submission_id, now)
-        return submission_id
+                event_rows.append({"respondent_id": rid, "submission_id": sid, "type": kind,
+                                   "data": ev, "created_at": now})
+        self._flush_slots(conn, sid, upserts, removed, answer_rows, now, message_id)
+        if changes:
+            repo.update_submission(conn, sid, updated_at=now, **changes)
+        elif answers_changed:
+            touched.append({"sid": sid, "now": now})
+        return sid
 
-    async def _record_failure(self, inbound: Inbound, exc: BaseException) -> None:
-        """Keep the message and the reason when a turn could not be processed."""
-        reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000]
+    def _flush_slots(self, conn: Connection, sid: int, upserts: dict, removed: set,
+                           answer_rows: list, now: datetime, message_id: str) -> None:
+        if removed:
+            repo.delete_answers(conn, sid, removed)
+        answer_rows.extend(repo.answer_row(sid, q, r, v, now, message_id)
+                           for (q, r), v in upserts.items())
+        upserts.clear()
+        removed.clear()
+
+    def _write_outbox(self, conn: Connection, works: list[_Work],
+                            now: datetime) -> list[list[int]]:
+        rows, owners = [], []
+        for i, work in enumerate(works):
+            ib = work.job.inbound
+            inline = ib.channel in self.inline_channels
+            replies = work.turn.replies if work.turn is not None else work.replies
+            for reply in replies:
+                rows.append({"channel": ib.channel, "respondent_id": work.respondent_id,
+                             "address": ib.user_id, "payload": reply_to_payload(reply),
+                             "status": "sent" if inline else "pending", "attempts": 0,
+                             "created_at": now, "sent_at": now if inline else None})
+                owners.append(i)
+        ids = repo.insert_outbox(conn, rows)
+        per_work: list[list[int]] = [[] for _ in works]
+        for owner, oid in zip(owners, ids, strict=True):
+            per_work[owner].append(oid)
+        return per_work
+
+    # -- messages that never reach the engine ---------------------------------------------------
+
+    async def _record_failure(self, inbound: Inbound, reason: str) -> None:
+        """Keep the message and the reason when a turn could not be committed."""
         try:
-            async with self.db.begin() as conn:
-                await repo.insert_inbound(
-                    conn, channel=inbound.channel, message_id=inbound.message_id,
-                    user_id=inbound.user_id, kind=inbound.kind,
-                    payload=inbound.raw or inbound.text, status="failed", reason=reason,
-                    now=self.clock())
+            await self.db.transaction(functools.partial(
+                repo.insert_inbound, channel=inbound.channel, message_id=inbound.message_id,
+                user_id=inbound.user_id, kind=inbound.kind, payload=inbound.raw or inbound.text,
+                status="failed", reason=reason, now=self.clock()))
         except Exception:
             logger.exception("could not record failed inbound message %s", inbound.message_id)
 
     async def record_unprocessed(self, *, channel: str, message_id: str, user_id: str | None,
                                  kind: str, payload: str, status: str, reason: str) -> bool:
-        """Keep a message that never reaches the engine (auto-reply, bounce, group chat…)."""
-        async with self.db.begin() as conn:
-            found = await repo.insert_inbound(
-                conn, channel=channel, message_id=message_id, user_id=user_id, kind=kind,
-                payload=payload, status=status, reason=reason, now=self.clock())
+        """Keep a message that never reaches the engine (auto-reply, bounce, group chat…).
+
+        Returns False when that message was recorded before (a duplicate delivery).
+        """
+        found = await self.db.transaction(functools.partial(
+            repo.insert_inbound, channel=channel, message_id=message_id, user_id=user_id,
+            kind=kind, payload=payload, status=status, reason=reason, now=self.clock()))
         return found is not None
 
 
 def _default_turn(engine: Engine, state: dict, inbound: Inbound, now: datetime,
                   detection: Any) -> Turn:
     return engine.handle(state, inbound, now, detection)
-
-
-def _split(key: str) -> tuple[str, int]:
-    qid, _, rep = key.partition("@")
-    return qid, int(rep) if rep else 0

@@ -1,29 +1,65 @@
-"""Decide whether an inbound email may be answered: one pure predicate over its headers."""
+"""Decide whether an inbound email may be answered: one pure predicate over its headers.
+
+Also home of the tolerant header and charset decoding that parsing.py shares (parsing imports
+this module, so the helpers cannot live there).
+"""
 
 from __future__ import annotations
 
-import email.header
-import email.policy
+import base64
+import binascii
+import codecs
 import email.utils
+import logging
+import quopri
 import re
 from dataclasses import dataclass
 from email.message import Message
 from typing import Literal
 
 __all__ = [
+    "ASCII_LABELS",
+    "CHARSET_ALIASES",
     "Classification",
     "Kind",
     "can_reply",
     "classify",
     "decode_8bit",
+    "decode_payload",
     "decode_words",
     "header_text",
     "raw_header",
     "raw_headers",
 ]
 
+logger = logging.getLogger(__name__)
+
 Kind = Literal["normal", "auto_reply", "bounce", "read_receipt", "list", "own_mail", "malformed"]
 
+# Labels mail clients use that Python lacks, or that a superset decodes better:
+# GB2312-labelled mail routinely contains GBK characters, ISO-8859-1 mail contains cp1252 quotes.
+CHARSET_ALIASES = {
+    "gb2312": "gb18030",
+    "gb_2312-80": "gb18030",
+    "gbk": "gb18030",
+    "x-gbk": "gb18030",
+    "cp936": "gb18030",
+    "euc-cn": "gb18030",
+    "iso-8859-1": "cp1252",
+    "iso8859-1": "cp1252",
+    "latin1": "cp1252",
+    "latin-1": "cp1252",
+    "ks_c_5601-1987": "cp949",
+    "euc-kr": "cp949",
+    "big5": "big5hkscs",
+    "shift_jis": "cp932",
+    "sjis": "cp932",
+    "iso-8859-8-i": "iso-8859-8",
+    "windows-874": "cp874",
+    "unicode-1-1-utf-7": "utf-7",
+}
+# Labels that promise ASCII; mail so labelled often carries UTF-8 anyway.
+ASCII_LABELS = {"us-ascii", "ascii", "ansi_x3.4-1968", "us", "x-unknown", "unknown-8bit"}
 # The header our own outgoing mail carries, so that a copy coming back is never answered.
 OWN_MARKER = "X-Capbot"
 
@@ -114,22 +150,76 @@ def raw_headers(msg: Message, name: str, fallback_charset: str | None = None) ->
     return out
 
 
+_ENCODED_WORD = re.compile(r"=\?([^?\s]+?)\?([bBqQ])\?([^?\s]*)\?=")
+
+
+def _word_bytes(encoding: str, text: str) -> bytes:
+    if encoding in "bB":
+        text = re.sub(r"[^A-Za-z0-9+/]", "", text)
+        if len(text) % 4 == 1:  # a lone trailing sextet carries no whole byte
+            text = text[:-1]
+        return base64.b64decode(text + "=" * (-len(text) % 4))
+    return quopri.decodestring(text.replace("_", " ").encode("ascii", "replace"), header=False)
+
+
 def decode_words(value: str) -> str:
-    """Decode RFC 2047 encoded words ("=?utf-8?b?…?="), tolerating broken ones."""
+    """Decode RFC 2047 encoded words ("=?utf-8?b?…?="), tolerating broken ones.
+
+    Adjacent words in one charset are joined before decoding, because some mailers split a
+    multi-byte character across two words; charset labels go through CHARSET_ALIASES.
+    """
     if "=?" not in value:
         return value
+    out: list[str] = []
+    pending = b""
+    pending_charset: str | None = None
+    pos = 0
+
+    def flush() -> None:
+        nonlocal pending, pending_charset
+        if pending_charset is not None:
+            out.append(decode_payload(pending, pending_charset))
+        pending, pending_charset = b"", None
+
+    for match in _ENCODED_WORD.finditer(value):
+        between = value[pos : match.start()]
+        # Whitespace between two encoded words is not part of the text (RFC 2047, 6.2).
+        if between and not (between.isspace() and pending_charset is not None):
+            flush()
+            out.append(between)
+        charset = match.group(1).split("*")[0].lower()  # RFC 2231 language suffix
+        try:
+            data = _word_bytes(match.group(2), match.group(3))
+        except (ValueError, binascii.Error):
+            flush()
+            out.append(match.group(0))
+            pos = match.end()
+            continue
+        if pending_charset is not None and charset != pending_charset:
+            flush()
+        pending_charset = charset
+        pending += data
+        pos = match.end()
+    flush()
+    out.append(value[pos:])
+    return "".join(out)
+
+
+def decode_payload(data: bytes, charset: str | None) -> str:
+    """Decode body bytes with the declared charset; never raises, always returns text."""
+    label = (charset or "").strip().strip("\"'").lower()
+    label = CHARSET_ALIASES.get(label, label)
+    if label and label not in ASCII_LABELS:
+        try:
+            codecs.lookup(label)
+            return data.decode(label, errors="replace")
+        except Exception:  # unknown label, or a non-text codec such as "base64"
+            logger.debug("unknown charset %r, guessing", charset)
     try:
-        return str(email.policy.default.header_factory("subject", value))
-    except Exception:
-        pass
-    try:
-        parts = email.header.decode_header(value)
-        return "".join(
-            p.decode(cs or "utf-8", errors="replace") if isinstance(p, bytes) else p
-            for p, cs in parts
-        )
-    except Exception:
-        return value
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        # No usable label and not UTF-8: cp1252 is the most common unlabelled 8-bit charset.
+        return data.decode("cp1252", errors="replace")
 
 
 def header_text(msg: Message, name: str, fallback_charset: str | None = None) -> str:
@@ -156,7 +246,8 @@ def _malformed(msg: Message) -> str | None:
     for name in defects:
         if name in _FATAL_DEFECTS:
             return _FATAL_DEFECTS[name]
-    _, addr = email.utils.parseaddr(header_text(msg, "From"))
+    # Parse the raw value: a decoded display name may hold commas or quotes.
+    _, addr = email.utils.parseaddr(raw_header(msg, "From") or "")
     if "@" not in addr:
         return "no valid From address"
     return None
@@ -189,7 +280,7 @@ def _classify(msg: Message) -> Classification:
         return Classification("bounce", ctype)
 
     for name in ("From", "Sender", "Return-Path"):
-        local = _local_part(header_text(msg, name))
+        local = _local_part(raw_header(msg, name) or "")
         if local in _BOUNCE_SENDERS:
             return Classification("bounce", f"{name}: {local}")
 
@@ -219,7 +310,7 @@ def _classify(msg: Message) -> Classification:
         extra = f" (X-Auto-Response-Suppress: {suppress})" if suppress else ""
         return Classification("auto_reply", f"auto-reply subject{extra}")
 
-    from_local = _local_part(header_text(msg, "From"))
+    from_local = _local_part(raw_header(msg, "From") or "")
     if _NOREPLY.match(from_local):
         return Classification("auto_reply", f"no-reply sender: {from_local}")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import codecs
+import contextlib
 import email
 import email.parser
 import email.policy
@@ -18,9 +18,12 @@ from bs4 import BeautifulSoup
 from bs4.element import Comment, Declaration, Doctype, NavigableString, ProcessingInstruction, Tag
 
 from .classify import (
+    ASCII_LABELS,
+    CHARSET_ALIASES,
     Classification,
     can_reply,
     classify,
+    decode_payload,
     decode_words,
     raw_header,
     raw_headers,
@@ -32,30 +35,6 @@ __all__ = ["ParsedMail", "decode_payload", "html_to_text", "normalize_address", 
 
 logger = logging.getLogger(__name__)
 
-# Labels mail clients use that Python lacks, or that a superset decodes better:
-# GB2312-labelled mail routinely contains GBK characters, ISO-8859-1 mail contains cp1252 quotes.
-_CHARSET_ALIASES = {
-    "gb2312": "gb18030",
-    "gb_2312-80": "gb18030",
-    "gbk": "gb18030",
-    "x-gbk": "gb18030",
-    "cp936": "gb18030",
-    "euc-cn": "gb18030",
-    "iso-8859-1": "cp1252",
-    "iso8859-1": "cp1252",
-    "latin1": "cp1252",
-    "latin-1": "cp1252",
-    "ks_c_5601-1987": "cp949",
-    "euc-kr": "cp949",
-    "big5": "big5hkscs",
-    "shift_jis": "cp932",
-    "sjis": "cp932",
-    "iso-8859-8-i": "iso-8859-8",
-    "windows-874": "cp874",
-    "unicode-1-1-utf-7": "utf-7",
-}
-# Labels that promise ASCII; mail so labelled often carries UTF-8 anyway.
-_ASCII_LABELS = {"us-ascii", "ascii", "ansi_x3.4-1968", "us", "x-unknown", "unknown-8bit"}
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _MSG_ID = re.compile(r"<([^<>\s]+)>")
 _LANG = re.compile(r"^[a-z]{2,3}$")
@@ -120,28 +99,10 @@ def normalize_address(addr: str) -> str:
     domain = domain.strip().rstrip(".").lower()
     if not local or not domain:
         return ""
-    try:
+    # An unencodable domain keeps its Unicode form rather than losing the address.
+    with contextlib.suppress(UnicodeError):
         domain = domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        pass  # keep the Unicode form rather than drop the address
     return f"{local}@{domain}"
-
-
-def decode_payload(data: bytes, charset: str | None) -> str:
-    """Decode body bytes with the declared charset; never raises, always returns text."""
-    label = (charset or "").strip().strip("\"'").lower()
-    label = _CHARSET_ALIASES.get(label, label)
-    if label and label not in _ASCII_LABELS:
-        try:
-            codecs.lookup(label)
-            return data.decode(label, errors="replace")
-        except Exception:  # unknown label, or a non-text codec such as "base64"
-            logger.debug("unknown charset %r, guessing", charset)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        # No usable label and not UTF-8: cp1252 is the most common unlabelled 8-bit charset.
-        return data.decode("cp1252", errors="replace")
 
 
 def _clean(text: str) -> str:
@@ -292,15 +253,16 @@ def _unflow(text: str, delsp: bool) -> str:
 
 def _addresses(value: str) -> list[tuple[str, str]]:
     """(display name, addr-spec) pairs of an address header; tolerant of broken syntax."""
-    pairs: list[tuple[str, str]] = []
+    # Encoded words are parsed as atoms and decoded afterwards, so a decoded name holding
+    # a comma or "<" cannot split or fake an address.
     try:
-        header = email.policy.default.header_factory("to", value)
-        pairs = [(a.display_name, a.addr_spec) for a in header.addresses]
+        pairs = [(decode_words(n), a) for n, a in email.utils.getaddresses([value])]
     except Exception:
         pairs = []
     if not any("@" in addr for _, addr in pairs):
         try:
-            pairs = [(decode_words(n), a) for n, a in email.utils.getaddresses([value])]
+            header = email.policy.default.header_factory("to", value)
+            pairs = [(a.display_name, a.addr_spec) for a in header.addresses]
         except Exception:
             pairs = []
     return [(name.strip(), addr) for name, addr in pairs if "@" in addr]
@@ -354,8 +316,8 @@ def _charset_hint(msg: Message) -> str | None:
     for part in msg.walk():
         charset = part.get_content_charset()
         if charset:
-            label = _CHARSET_ALIASES.get(charset, charset)
-            if label not in _ASCII_LABELS:
+            label = CHARSET_ALIASES.get(charset, charset)
+            if label not in ASCII_LABELS:
                 return label
     return None
 

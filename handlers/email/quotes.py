@@ -13,9 +13,10 @@ _SPACES = re.compile(r"[\s\u00a0\u202f\u2007\u3000]+")
 
 # A respondent's answer line: "1. Maria", "4) 2", "12: 2023-05", "3、张三", "١. نعم".
 # Needs a separator followed by a space or the end, so "03.03.2025 10:00, X wrote:" is no answer.
-_ANSWER = re.compile(r"^\d{1,3}\s*[.):：．、)）](?:\s|$)")
+# CJK punctuation needs no space after it.
+_ANSWER = re.compile(r"^\d{1,3}\s*(?:[.):](?:\s|$)|[：．、）])")
 
-# --- "On … wrote:" attribution lines -------------------------------------------------------------
+# --- "On … wrote:" attribution lines ----------------------------------------
 _WROTE_END = re.compile(
     r"(?:\bwrote|\ba écrit|\bescribió|\bescribio|\bschrieb|\bha scritto|\bescreveu|\bschreef"
     r"|написал\(а\)|написала|написал|пишет|писал\(а\)"
@@ -24,6 +25,8 @@ _WROTE_END = re.compile(
 )
 # Gmail in Russian has no verb: "пн, 3 мар. 2025 г. в 10:00, X <x@y>:".
 _RU_GMAIL = re.compile(r"\d{4}\s?г\.?,?\s?в\s?\d{1,2}:\d{2}.*[:：]$")
+# The Bat! (common in Russia): "Вы писали 3 марта 2025 г., 10:00:".
+_RU_BAT = re.compile(r"^вы писали\b.*[:：]$", re.IGNORECASE)
 # Apple Mail / Thunderbird in Arabic put the verb before the name: "في …، كتب X <x@y>:".
 _AR_APPLE = re.compile(r"^في\s.*\sكتبت?\s.*[:：]$")
 # Language-neutral: an address in <…>, (…) or [mailto:…], a clock time, and a final colon.
@@ -34,7 +37,7 @@ _ENDS_COLON = re.compile(r"[:：]$")
 _STARTERS = re.compile(r"^(?:on|le|el|am|il|em|op|在|于|في)\s", re.IGNORECASE)
 _YEAR = re.compile(r"(?:19|20)\d{2}")
 
-# --- Outlook ---------------------------------------------------------------------------------------
+# --- Outlook ------------------------------------------------------------
 _ORIGINAL = re.compile(
     r"^[-–—_=]{2,}\s*(?:original message|original-nachricht|message d['’]origine"
     r"|mensaje original|исходное сообщение|原始邮件|原始郵件|الرسالة الأصلية"
@@ -60,11 +63,11 @@ _LABELS = {
 }
 # "From: x", "*From:* x" (Outlook HTML rendered as text), "De : x", "发件人：x".
 _LABEL_RE = {
-    key: re.compile(rf"^\*?(?:{alts})\*?\s?[:：]\*?(?:\s|$)", re.IGNORECASE)
+    key: re.compile(rf"^\*?(?:{alts})\*?\s?(?::\*?(?:\s|$)|：)", re.IGNORECASE)
     for key, alts in _LABELS.items()
 }
 
-# --- Signatures ------------------------------------------------------------------------------------
+# --- Signatures ---------------------------------------------------------
 _MOBILE = re.compile(
     r"^(?:"
     r"sent from (?:my|outlook|yahoo|mail|gmail|proton|aol|samsung|huawei).{0,60}"
@@ -103,7 +106,7 @@ def _is_quoted(norm: str) -> bool:
 def _is_attribution(text: str) -> bool:
     if not text or len(text) > 320 or _ANSWER.match(text) or _is_quoted(text):
         return False
-    if _WROTE_END.search(text) or _RU_GMAIL.search(text) or _AR_APPLE.search(text):
+    if any(rx.search(text) for rx in (_WROTE_END, _RU_GMAIL, _RU_BAT, _AR_APPLE)):
         return True
     return bool(_ENDS_COLON.search(text) and _ADDR.search(text) and _TIME.search(text))
 
@@ -113,7 +116,10 @@ def _may_start_attribution(norm: str) -> bool:
     if not norm or _ANSWER.match(norm) or _is_quoted(norm) or _ENDS_COLON.search(norm):
         return False
     return bool(
-        _STARTERS.match(norm) or "@" in norm or norm.endswith("<") or _TIME.search(norm)
+        _STARTERS.match(norm)
+        or "@" in norm
+        or norm.endswith("<")
+        or _TIME.search(norm)
         or _YEAR.search(norm)
     )
 

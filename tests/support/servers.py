@@ -38,6 +38,8 @@ __all__ = [
     "SmtpCapture",
     "free_port",
     "free_ports",
+    "imap_quote",
+    "imap_utf7",
     "in_ci",
     "make_self_signed_cert",
     "require_or_skip",
@@ -293,6 +295,11 @@ service lmtp {{
   }}
 }}
 service anvil {{
+  # No auth penalty: after one failed login (a test of bad passwords) every later
+  # login from 127.0.0.1 would otherwise be delayed by seconds.
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
 {chroot}}}
 service ipc {{
 {chroot}}}
@@ -600,7 +607,8 @@ class Dovecot:
         """(has folders besides INBOX, INBOX has messages), read from the maildir itself."""
         maildir = os.path.join(self.directory, "home", user, "Maildir")
         try:
-            folders = any(e.name.startswith(".") and e.is_dir() for e in os.scandir(maildir))
+            with os.scandir(maildir) as entries:
+                folders = any(e.name.startswith(".") and e.is_dir() for e in entries)
         except FileNotFoundError:
             return False, False
         has_mail = False

@@ -12,12 +12,13 @@ import math
 import re
 import time
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from telegram.ext import Application, ApplicationBuilder
 
 TOKEN = "123456789:TEST-fake-bot-api-token"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
@@ -591,6 +592,11 @@ class FakeBotApi:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
+    def application_builder(self) -> ApplicationBuilder:
+        """An ApplicationBuilder pointed at this fake (token, base_url, base_file_url)."""
+        builder = ApplicationBuilder().token(self.token).base_url(self.base_url)
+        return builder.base_file_url(self.base_file_url)
+
     # test-side controls and inspection
 
     def user(
@@ -646,6 +652,11 @@ class FakeBotApi:
     def my_commands(self, language_code: str = "", scope: dict | None = None) -> list[dict]:
         """What setMyCommands stored for this scope (default scope) and language."""
         return self._commands.get(_commands_key(scope, language_code), [])
+
+    @property
+    def pending_updates(self) -> list[dict[str, Any]]:
+        """Updates not yet confirmed by getUpdates' offset (or delivered to the webhook)."""
+        return list(self._pending)
 
     def file_bytes(self, file_id: str) -> bytes:
         return self.files[file_id].data
@@ -762,6 +773,7 @@ class FakeBotApi:
             # Delivered or given up on; it may be gone already (drop_pending_updates).
             if self._pending and self._pending[0] is update:
                 self._pending.pop(0)
+            self._changed.notify()
 
     async def _post_update(self, hook: dict[str, Any], update: dict[str, Any]) -> bool:
         assert self._session is not None
@@ -776,6 +788,7 @@ class FakeBotApi:
                 error = f"Connection failed: {exc!r}"
             self.webhook_errors.append(error)
             hook["last_error"] = (_now(), error)
+            self._changed.notify()
             await asyncio.sleep(self.webhook_retry_delay * 2**attempt)
         return False
 
@@ -796,6 +809,7 @@ class FakeBotApi:
             self._pending = [u for u in self._pending if u["update_id"] >= offset]
         elif offset < 0:
             self._pending = self._pending[offset:]
+        self._changed.notify()  # before the long poll: tests may wait for confirmation
         limit = min(max(int(params.get("limit") or 100), 1), 100)
         # A newer getUpdates ends this one with 409, as Telegram does.
         self._poll_generation += 1
@@ -989,6 +1003,21 @@ class FakeBotApi:
             raise _bad("wrong parameter action in request")
         chat.chat_actions.append(params["action"])
         return True
+
+
+@contextlib.asynccontextmanager
+async def polling(application: Application, timeout: float = 10) -> AsyncIterator[Application]:  # noqa: ASYNC109
+    """Run `application` with long polling the way capbot does (no run_polling(), so other
+    work can share the loop) and stop it in reverse order."""
+    async with application:
+        await application.start()
+        assert application.updater is not None
+        await application.updater.start_polling(poll_interval=0, timeout=timeout)
+        try:
+            yield application
+        finally:
+            await application.updater.stop()
+            await application.stop()
 
 
 def _commands_key(scope: Any, language_code: Any) -> tuple[str, str]:

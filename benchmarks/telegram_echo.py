@@ -1,0 +1,229 @@
+"""Benchmark: a bare PTB echo bot under simulated Telegram users — the floor for capbot's bot.
+
+Run: python -m benchmarks.telegram_echo [--users 100] [--messages 1000]
+                                        [--transport aiohttp|httpx] [--concurrency 256]
+Prints round trips/s, p50/p99 round-trip latency and the bot process's CPU ms per message.
+
+CPU attribution: FakeBotApi and the simulated users run in a spawned child process, so
+time.process_time() in this process counts the bot alone (PTB, the transport, the event loop).
+Reuse `run_load(make_application, users, messages)` with another Application factory to
+measure the real bot on the same load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import multiprocessing
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from telegram import Update
+from telegram.ext import (
+    Application,
+    ApplicationBuilder,
+    BaseUpdateProcessor,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
+
+from handlers.telegram.request import AiohttpRequest
+from tests.telegram.fake_bot_api import FakeBotApi, polling
+
+WARM_UP_MESSAGES = 20  # opens the pooled connections before the measured run
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the fake Bot API listens (it lives in another process)."""
+
+    token: str
+    base_url: str
+    base_file_url: str
+
+    def builder(self) -> ApplicationBuilder:
+        builder = ApplicationBuilder().token(self.token).base_url(self.base_url)
+        return builder.base_file_url(self.base_file_url)
+
+
+ApplicationFactory = Callable[[Endpoint], Application | Awaitable[Application]]
+
+
+class PerChatUpdateProcessor(BaseUpdateProcessor):
+    """Processes up to N updates at once, but those of one chat one at a time, in order
+    (concurrent_updates=True alone lets a fast reply overtake a slow one in the same chat)."""
+
+    def __init__(self, max_concurrent_updates: int = 256) -> None:
+        super().__init__(max_concurrent_updates)
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._users: defaultdict[int, int] = defaultdict(int)  # holders + waiters per chat
+
+    async def do_process_update(self, update: object, coroutine: Coroutine[Any, Any, Any]) -> None:
+        chat = update.effective_chat if isinstance(update, Update) else None
+        if chat is None:
+            await coroutine
+            return
+        lock = self._locks.setdefault(chat.id, asyncio.Lock())  # asyncio.Lock is FIFO
+        self._users[chat.id] += 1
+        try:
+            async with lock:
+                await coroutine
+        finally:
+            self._users[chat.id] -= 1
+            if not self._users[chat.id]:  # forget idle chats
+                del self._users[chat.id], self._locks[chat.id]
+
+    async def initialize(self) -> None:
+        pass
+
+    async def shutdown(self) -> None:
+        pass
+
+
+async def _echo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    await update.effective_message.reply_text(update.effective_message.text)
+
+
+def make_echo_application(
+    endpoint: Endpoint, transport: str = "aiohttp", concurrency: int = 256
+) -> Application:
+    """The bare echo bot; concurrency=1 processes updates one by one (PTB's default)."""
+    builder = endpoint.builder()
+    if transport == "aiohttp":
+        builder = builder.request(AiohttpRequest()).get_updates_request(AiohttpRequest())
+    if concurrency > 1:
+        builder = builder.concurrent_updates(PerChatUpdateProcessor(concurrency))
+    application = builder.build()
+    application.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, _echo))
+    return application
+
+
+# --- the fake's side (child process) -----------------------------------------------------------
+
+
+async def _receive(conn: Connection) -> Any:
+    """conn.recv() without blocking the event loop (and without a thread to count)."""
+    loop = asyncio.get_running_loop()
+    readable = loop.create_future()
+    loop.add_reader(conn.fileno(), lambda: readable.done() or readable.set_result(None))
+    try:
+        await readable
+    finally:
+        loop.remove_reader(conn.fileno())
+    return conn.recv()
+
+
+async def _converse(api: FakeBotApi, users: int, messages: int) -> dict[str, Any]:
+    """`users` users at once, each sending its share of `messages` and awaiting each echo."""
+    latencies: list[float] = []
+    wrong: list[str] = []
+
+    async def one_user(user_id: int, count: int) -> None:
+        user = api.user(user_id)
+        for n in range(count):
+            text = f"{user_id}:{n}"
+            started = time.perf_counter()
+            user.send_text(text)
+            reply = await user.next_message(timeout=30)
+            latencies.append(time.perf_counter() - started)
+            if reply.text != text:
+                wrong.append(f"{text} -> {reply.text}")
+
+    shares = [messages // users + (i < messages % users) for i in range(users)]
+    cpu, started = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(one_user(100_000 + i, share) for i, share in enumerate(shares)))
+    wall = time.perf_counter() - started
+    return {
+        "wall_s": wall,
+        "latencies": latencies,
+        "wrong": wrong,
+        "fake_cpu_s": time.process_time() - cpu,
+    }
+
+
+async def _serve(conn: Connection) -> None:
+    async with FakeBotApi() as api:
+        conn.send((api.token, api.base_url, api.base_file_url))  # plain data: pickles anywhere
+        while (command := await _receive(conn))[0] == "run":
+            conn.send(await _converse(api, *command[1:]))
+
+
+def _fake_process(conn: Connection) -> None:
+    asyncio.run(_serve(conn))
+
+
+# --- the bot's side (this process) -------------------------------------------------------------
+
+
+async def run_load(
+    make_application: ApplicationFactory, users: int = 100, messages: int = 1000
+) -> dict[str, float]:
+    """Run `messages` echo round trips from `users` concurrent users through the Application
+    that `make_application(endpoint)` builds (polling); return throughput, latency, CPU."""
+    # spawn, not fork: a forked child would inherit this process's event loop state.
+    context = multiprocessing.get_context("spawn")
+    conn, child_conn = context.Pipe()
+    fake = context.Process(target=_fake_process, args=(child_conn,), daemon=True)
+    fake.start()
+    try:
+        endpoint = Endpoint(*await _receive(conn))
+        application = make_application(endpoint)
+        if inspect.isawaitable(application):
+            application = await application
+        async with polling(application, timeout=10):
+            conn.send(("run", min(users, WARM_UP_MESSAGES), WARM_UP_MESSAGES))
+            await _receive(conn)
+            cpu = time.process_time()
+            conn.send(("run", users, messages))
+            result = await _receive(conn)
+            bot_cpu = time.process_time() - cpu
+        conn.send(("stop",))
+    finally:
+        fake.join(timeout=10)
+        if fake.is_alive():
+            fake.kill()
+    if result["wrong"]:
+        raise AssertionError(f"{len(result['wrong'])} wrong echoes, e.g. {result['wrong'][:3]}")
+    percentiles = statistics.quantiles(result["latencies"], n=100)
+    return {
+        "users": users,
+        "messages": messages,
+        "round_trips_per_s": messages / result["wall_s"],
+        "p50_ms": percentiles[49] * 1000,
+        "p99_ms": percentiles[98] * 1000,
+        "bot_cpu_ms_per_message": bot_cpu * 1000 / messages,
+        "fake_cpu_ms_per_message": result["fake_cpu_s"] * 1000 / messages,
+        "wall_s": result["wall_s"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=100)
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--transport", choices=("aiohttp", "httpx"), default="aiohttp")
+    parser.add_argument("--concurrency", type=int, default=256, help="1 = sequential updates")
+    args = parser.parse_args()
+
+    def factory(endpoint: Endpoint) -> Application:
+        return make_echo_application(endpoint, args.transport, args.concurrency)
+
+    figures = asyncio.run(run_load(factory, args.users, args.messages))
+    ordering = "per-chat ordering" if args.concurrency > 1 else "sequential"
+    print(f"echo bot, {args.transport}, {ordering} (concurrency {args.concurrency}):")
+    print(f"  {figures['messages']} messages from {figures['users']} users")
+    print(f"  round trips/s      {figures['round_trips_per_s']:8.0f}")
+    print(f"  latency p50 / p99  {figures['p50_ms']:8.1f} / {figures['p99_ms']:.1f} ms")
+    print(f"  bot CPU / message  {figures['bot_cpu_ms_per_message']:8.2f} ms")
+    print(f"  fake CPU / message {figures['fake_cpu_ms_per_message']:8.2f} ms (other process)")
+
+
+if __name__ == "__main__":
+    main()
