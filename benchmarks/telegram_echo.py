@@ -4,7 +4,7 @@ Run: python -m benchmarks.telegram_echo [--users 100] [--messages 1000]
                                         [--transport aiohttp|httpx] [--concurrency 256]
 Prints round trips/s, p50/p99 round-trip latency and the bot process's CPU ms per message.
 
-CPU attribution: FakeBotApi and the simulated users run in a spawned child process, so
+CPU attribution: FakeBotApi and the simulated users run in a child process, so
 time.process_time() in this process counts the bot alone (PTB, the transport, the event loop).
 Reuse `run_load(make_application, users, messages)` with another Application factory to
 measure the real bot on the same load.
@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
-import multiprocessing
+import json
 import statistics
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from telegram import Update
@@ -37,6 +38,7 @@ from telegram.ext import (
 from handlers.telegram.request import AiohttpRequest
 from tests.telegram.fake_bot_api import FakeBotApi, polling
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 WARM_UP_MESSAGES = 20  # opens the pooled connections before the measured run
 
 
@@ -108,18 +110,6 @@ def make_echo_application(
 # --- the fake's side (child process) -----------------------------------------------------------
 
 
-async def _receive(conn: Connection) -> Any:
-    """conn.recv() without blocking the event loop (and without a thread to count)."""
-    loop = asyncio.get_running_loop()
-    readable = loop.create_future()
-    loop.add_reader(conn.fileno(), lambda: readable.done() or readable.set_result(None))
-    try:
-        await readable
-    finally:
-        loop.remove_reader(conn.fileno())
-    return conn.recv()
-
-
 async def _converse(api: FakeBotApi, users: int, messages: int) -> dict[str, Any]:
     """`users` users at once, each sending its share of `messages` and awaiting each echo."""
     latencies: list[float] = []
@@ -140,23 +130,24 @@ async def _converse(api: FakeBotApi, users: int, messages: int) -> dict[str, Any
     cpu, started = time.process_time(), time.perf_counter()
     await asyncio.gather(*(one_user(100_000 + i, share) for i, share in enumerate(shares)))
     wall = time.perf_counter() - started
-    return {
-        "wall_s": wall,
-        "latencies": latencies,
-        "wrong": wrong,
-        "fake_cpu_s": time.process_time() - cpu,
-    }
+    fake_cpu = time.process_time() - cpu
+    return {"wall_s": wall, "latencies": latencies, "wrong": wrong, "fake_cpu_s": fake_cpu}
 
 
-async def _serve(conn: Connection) -> None:
+async def _serve_fake() -> None:
+    """The child: one JSON line out per command line in (stdin/stdout)."""
+
+    def reply(payload: object) -> None:
+        sys.stdout.write(json.dumps(payload) + "\n")
+        sys.stdout.flush()
+
     async with FakeBotApi() as api:
-        conn.send((api.token, api.base_url, api.base_file_url))  # plain data: pickles anywhere
-        while (command := await _receive(conn))[0] == "run":
-            conn.send(await _converse(api, *command[1:]))
-
-
-def _fake_process(conn: Connection) -> None:
-    asyncio.run(_serve(conn))
+        reply([api.token, api.base_url, api.base_file_url])
+        while (line := await asyncio.to_thread(sys.stdin.readline)).strip():
+            command, users, messages = json.loads(line)
+            if command != "run":
+                break
+            reply(await _converse(api, users, messages))
 
 
 # --- the bot's side (this process) -------------------------------------------------------------
@@ -167,27 +158,38 @@ async def run_load(
 ) -> dict[str, float]:
     """Run `messages` echo round trips from `users` concurrent users through the Application
     that `make_application(endpoint)` builds (polling); return throughput, latency, CPU."""
-    # spawn, not fork: a forked child would inherit this process's event loop state.
-    context = multiprocessing.get_context("spawn")
-    conn, child_conn = context.Pipe()
-    fake = context.Process(target=_fake_process, args=(child_conn,), daemon=True)
-    fake.start()
+    # A plain subprocess rather than multiprocessing: callers need no __main__ guard.
+    fake = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "benchmarks.telegram_echo",
+        "--serve-fake",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=REPO_ROOT,
+    )
+    assert fake.stdin is not None and fake.stdout is not None
+
+    async def ask(*command: object) -> Any:
+        fake.stdin.write(json.dumps(command).encode() + b"\n")
+        await fake.stdin.drain()
+        return json.loads(await fake.stdout.readline())
+
     try:
-        endpoint = Endpoint(*await _receive(conn))
+        endpoint = Endpoint(*json.loads(await fake.stdout.readline()))
         application = make_application(endpoint)
         if inspect.isawaitable(application):
             application = await application
         async with polling(application, timeout=10):
-            conn.send(("run", min(users, WARM_UP_MESSAGES), WARM_UP_MESSAGES))
-            await _receive(conn)
+            await ask("run", min(users, WARM_UP_MESSAGES), WARM_UP_MESSAGES)
             cpu = time.process_time()
-            conn.send(("run", users, messages))
-            result = await _receive(conn)
+            result = await ask("run", users, messages)
             bot_cpu = time.process_time() - cpu
-        conn.send(("stop",))
     finally:
-        fake.join(timeout=10)
-        if fake.is_alive():
+        fake.stdin.close()
+        try:
+            await asyncio.wait_for(fake.wait(), 10)
+        except TimeoutError:
             fake.kill()
     if result["wrong"]:
         raise AssertionError(f"{len(result['wrong'])} wrong echoes, e.g. {result['wrong'][:3]}")
@@ -210,7 +212,11 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--transport", choices=("aiohttp", "httpx"), default="aiohttp")
     parser.add_argument("--concurrency", type=int, default=256, help="1 = sequential updates")
+    parser.add_argument("--serve-fake", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_fake:
+        asyncio.run(_serve_fake())
+        return
 
     def factory(endpoint: Endpoint) -> Application:
         return make_echo_application(endpoint, args.transport, args.concurrency)

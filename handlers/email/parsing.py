@@ -7,6 +7,7 @@ import email
 import email.parser
 import email.policy
 import email.utils
+import functools
 import hashlib
 import logging
 import re
@@ -45,6 +46,20 @@ _BLOCK_TAGS = {
     "address", "center", "form", "fieldset", "figure", "main", "nav", "aside", "caption",
 }  # fmt: skip
 _WS = re.compile(r"[ \t\r\n\f\u00a0]+")
+_HTML_NOISE = re.compile(
+    r"<!--.*?-->|<(head|style|script)\b[^>]*>.*?</\1\s*>", re.IGNORECASE | re.DOTALL
+)
+HTML_LIMIT = 200_000
+
+
+# email.policy.default re-parses a header on every access, and get_body()/get_param() read
+# Content-Type a dozen times a message; header objects are immutable, so share them.
+@functools.lru_cache(maxsize=2048)
+def _cached_header(name: str, value: str) -> object:
+    return email.policy.default.header_factory(name, value)
+
+
+_POLICY = email.policy.default.clone(header_factory=_cached_header)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,8 +219,14 @@ def _render(node: Tag, out: _TextWriter, pre: bool = False) -> None:
             _render(child, out, pre)
 
 
-def html_to_text(html: str) -> str:
-    """Readable text of an HTML body: block elements and <br> break lines, quotes get "> "."""
+def html_to_text(html: str, limit: int = HTML_LIMIT) -> str:
+    """Readable text of an HTML body: block elements and <br> break lines, quotes get "> ".
+
+    BeautifulSoup builds ~10,000 elements a second here, so <head>, <style>, <script> and comments
+    (Outlook's are huge) go first, and only the first limit characters are read: the
+    respondent's text is at the top, the long quoted history below.
+    """
+    html = _HTML_NOISE.sub(" ", html)[:limit]
     soup = BeautifulSoup(html, "html.parser")
     out = _TextWriter()
     try:
@@ -331,6 +352,8 @@ def _body(msg: Message) -> tuple[str, str, Message | None]:
         return "", "", part
     text = _clean(decode_payload(bytes(payload), part.get_content_charset()))
     if part.get_content_subtype() == "html":
+        if len(text) > HTML_LIMIT:
+            logger.info("HTML body of %d characters read only in part", len(text))
         return html_to_text(text), "html", part
     if str(part.get_param("format", "") or "").lower() == "flowed":
         text = _unflow(text, str(part.get_param("delsp", "") or "").lower() == "yes")
@@ -384,10 +407,10 @@ def _parse(data: bytes, max_bytes: int) -> ParsedMail:
     too_large = size > max_bytes
     if too_large:
         # Headers only: enough to classify and answer "too large" without decoding megabytes.
-        parser = email.parser.BytesHeaderParser(policy=email.policy.default)
+        parser = email.parser.BytesHeaderParser(policy=_POLICY)
         msg = parser.parsebytes(data[: _header_end(data)])
     else:
-        msg = email.message_from_bytes(data, policy=email.policy.default)
+        msg = email.message_from_bytes(data, policy=_POLICY)
 
     hint = None if too_large else _charset_hint(msg)
     ids = _msg_ids(raw_header(msg, "Message-ID"))

@@ -61,11 +61,14 @@ _LABELS = {
     "cc": r"cc|копия|抄送|副本|نسخة|نسخة إلى",
     "subject": r"subject|objet|asunto|тема|主题|主題|主旨|الموضوع|betreff",
 }
-# "From: x", "*From:* x" (Outlook HTML rendered as text), "De : x", "发件人：x".
-_LABEL_RE = {
-    key: re.compile(rf"^\*?(?:{alts})\*?\s?(?::\*?(?:\s|$)|：)", re.IGNORECASE)
-    for key, alts in _LABELS.items()
-}
+# "From: x", "*From:* x" (Outlook HTML rendered as text), "De : x", "发件人：x". One regex for
+# all labels: the group that matched names the label.
+_LABEL_RE = re.compile(
+    r"^\*?(?:"
+    + "|".join(f"(?P<{key}>{alts})" for key, alts in _LABELS.items())
+    + r")\*?\s?(?::\*?(?:\s|$)|：)",
+    re.IGNORECASE,
+)
 
 # --- Signatures ---------------------------------------------------------
 _MOBILE = re.compile(
@@ -125,10 +128,10 @@ def _may_start_attribution(norm: str) -> bool:
 
 
 def _label(norm: str) -> str | None:
-    for key, rx in _LABEL_RE.items():
-        if rx.match(norm):
-            return key
-    return None
+    if ":" not in norm and "：" not in norm:
+        return None
+    match = _LABEL_RE.match(norm)
+    return match.lastgroup if match else None
 
 
 def _is_header_block(norm: list[str], i: int) -> bool:

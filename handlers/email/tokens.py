@@ -127,7 +127,8 @@ def verify_token(
         raw = base64.b32decode(token.upper() + "=" * (-len(token) % 8))
     except (ValueError, TypeError):
         return None
-    if len(raw) < _TAIL + 1:
+    # Unused low bits of the last character must be zero: one token, one spelling.
+    if len(raw) < _TAIL + 1 or base64.b32encode(raw).decode().rstrip("=").lower() != token:
         return None
     body, mac = raw[:-10], raw[-10:]
     secrets = [secret] if isinstance(secret, bytes | bytearray) else list(secret)

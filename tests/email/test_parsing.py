@@ -263,7 +263,7 @@ GARBAGE = [
     b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nContent-Type: message/rfc822\r\n",
     b"From: =?utf-8?b?!!!?= <a@b>\r\nSubject: =?x-bogus?q?=FF=FE?=\r\n\r\nx",
     b"From: \xff\xfe\xfd <\xc3\x28@\xe2\x82>\r\nSubject: \x80\x81\r\n\r\n\xff",
-    b"Content-Type: text/plain; charset=\"\r\n\r\nbody",
+    b'Content-Type: text/plain; charset="\r\n\r\nbody',
     b"Content-Type: text/html\r\nFrom: a@b.c\r\n\r\n<div" + b"<b>" * 5000,
     b"From: a@b.c\r\nDate: Mon, 99 Foo 99999 99:99:99 +9999\r\n\r\nx",
     b"From: a@b.c\r\nMessage-ID: <" + b"x" * 5000 + b">\r\n\r\nx",

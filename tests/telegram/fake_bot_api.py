@@ -416,7 +416,7 @@ class SimulatedChat:
             "id": self.api.open_callback_query(self),
             "from": sender.user_json,
             "message": message.data,
-            "chat_instance": str(abs(hash(("chat", self.id)))),
+            "chat_instance": str(abs(self.id) * 7919 + 17),  # stable per chat, opaque
             "data": pressed["callback_data"],
         }
         self.api.enqueue_update({"callback_query": query})
@@ -642,7 +642,7 @@ class FakeBotApi:
         self._sent_at.clear()
 
     def force_429(self, count: int = 1, retry_after: int = 1) -> None:
-        """Answer the next `count` calls (but getUpdates, getMe, webhook calls) with 429."""
+        """Answer the next `count` calls with 429 (get* and webhook calls excepted)."""
         self._forced_429 = (count, retry_after)
 
     def calls(self, method: str) -> list[dict[str, Any]]:

@@ -1,0 +1,365 @@
+"""Progress of a reporting round: counts, completion funnel and most-reported areas."""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from bot.i18n import LANGUAGES, Translations
+from bot.questionnaire import Question, Questionnaire
+from storage.models import answers, respondents, submissions
+
+logger = logging.getLogger(__name__)
+
+STATUS_ORDER = ("submitted", "draft", "cancelled")
+ORG_TYPE_QUESTION = "R4_orgtype"
+COUNTRY_QUESTION = "R5_country"
+ACTIVITY_AREAS_QUESTION = "A9_areas"
+NEED_AREAS_QUESTION = "N3_need_areas"
+TOP_NEEDS_QUESTION = "N4_top3"
+NONE = "(none)"
+_STOP_ROWS = 10
+
+
+def _effective():
+    """The version of each reference that counts: its latest submitted version, or, if it was
+    never submitted, its latest version. An amendment in progress does not un-submit a report."""
+    s = submissions
+    newer = submissions.alias("newer")
+    any_submitted = submissions.alias("any_submitted")
+    newer_submitted = and_(newer.c.reference == s.c.reference, newer.c.version > s.c.version,
+                           newer.c.status == "submitted")
+    newer_any = and_(newer.c.reference == s.c.reference, newer.c.version > s.c.version)
+    never_submitted = ~exists().where(and_(any_submitted.c.reference == s.c.reference,
+                                           any_submitted.c.status == "submitted"))
+    return or_(and_(s.c.status == "submitted", ~exists().where(newer_submitted)),
+               and_(never_submitted, ~exists().where(newer_any)))
+
+
+async def collect_stats(db: AsyncEngine | AsyncConnection, questionnaire: Questionnaire,
+                        translations: Translations) -> dict[str, Any]:
+    """Everything `capbot stats` and /stats show, as a JSON-ready dict (labels included in the
+    six languages, so that `format_stats` needs no catalogs). Aggregates run in SQL; the funnel
+    streams the respondents' conversation states."""
+    if isinstance(db, AsyncConnection):
+        return await _collect(db, questionnaire, translations)
+    async with db.connect() as conn:
+        return await _collect(conn, questionnaire, translations)
+
+
+async def _collect(conn: AsyncConnection, qn: Questionnaire,
+                   tr: Translations) -> dict[str, Any]:
+    s = submissions
+    base = and_(s.c.questionnaire_id == qn.id, _effective())
+    labels = _Labels(qn, tr)
+
+    async def grouped(column, question: str | None = None) -> list[tuple[Any, str, int]]:
+        if question is None:
+            stmt = select(column, s.c.status, func.count()).where(base).group_by(column,
+                                                                                 s.c.status)
+        else:
+            a = answers
+            join = s.outerjoin(a, and_(a.c.submission_id == s.c.id, a.c.question_id == question,
+                                       a.c.repeat_index == 0))
+            stmt = (select(a.c.value_code, s.c.status, func.count()).select_from(join)
+                    .where(base).group_by(a.c.value_code, s.c.status))
+        return [tuple(r) for r in (await conn.execute(stmt)).all()]
+
+    by_status = Counter({status: n for _v, status, n in await grouped(s.c.status)})
+    amended = (await conn.execute(select(func.count(func.distinct(s.c.reference))).where(
+        and_(s.c.questionnaire_id == qn.id, s.c.version > 1)))).scalar_one()
+    newer = submissions.alias("newer")
+    amending = (await conn.execute(select(func.count()).where(and_(
+        s.c.questionnaire_id == qn.id, s.c.status != "submitted", s.c.version > 1,
+        ~exists().where(and_(newer.c.reference == s.c.reference,
+                             newer.c.version > s.c.version)))))).scalar_one()
+    n_respondents = (await conn.execute(select(func.count()).select_from(respondents))
+                     ).scalar_one()
+
+    stats: dict[str, Any] = {
+        "questionnaire": qn.id,
+        "generated_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "totals": {
+            "respondents": n_respondents,
+            "reports": sum(by_status.values()),
+            **{status: by_status.get(status, 0) for status in STATUS_ORDER},
+            "amended": amended,
+            "amendments_in_progress": amending,
+        },
+        "by_status": _table(((st, st, n) for st, _s, n in await grouped(s.c.status)),
+                            lambda code: {}),
+        "by_language": _table(await grouped(s.c.language), labels.language),
+        "by_channel": _table(await grouped(s.c.channel), lambda code: {}),
+        "by_country": _table(await grouped(None, COUNTRY_QUESTION), labels.country),
+        "by_org_type": _table(await grouped(None, ORG_TYPE_QUESTION),
+                              labels.option_of(ORG_TYPE_QUESTION)),
+    }
+    stats["funnel"], stats["drafts_stop"] = await _funnel(conn, qn, labels)
+    stats["activity_areas"] = await _areas(conn, qn, labels, ACTIVITY_AREAS_QUESTION,
+                                           per_activity=True)
+    stats["need_areas"] = await _areas(conn, qn, labels, NEED_AREAS_QUESTION,
+                                       per_activity=False, top=TOP_NEEDS_QUESTION)
+    return stats
+
+
+def _table(rows: Iterable[tuple[Any, str, int]], label_of) -> list[dict[str, Any]]:
+    """(value, status, count) rows -> one entry per value with a count per status, biggest
+    first."""
+    merged: dict[str, Counter] = {}
+    for value, status, n in rows:
+        key = NONE if value in (None, "") else str(value)
+        merged.setdefault(key, Counter())[status] += n
+    out = []
+    for key, counts in merged.items():
+        entry = {"code": key, "labels": label_of(key) if key != NONE else {}}
+        entry.update({status: counts.get(status, 0) for status in STATUS_ORDER})
+        entry["total"] = sum(counts.values())
+        out.append(entry)
+    out.sort(key=lambda e: (e["code"] == NONE, -e["total"], e["code"]))
+    return out
+
+
+class _Labels:
+    """Labels in the six languages for codes shown by the statistics."""
+
+    def __init__(self, qn: Questionnaire, tr: Translations) -> None:
+        self.qn, self.tr = qn, tr
+        self.langs = [lang for lang in LANGUAGES if lang in tr.languages]
+
+    def _each(self, fn) -> dict[str, str]:
+        out = {}
+        for lang in self.langs:
+            try:
+                out[lang] = fn(lang)
+            except KeyError:
+                continue
+        return out
+
+    def language(self, code: str) -> dict[str, str]:
+        if code not in self.tr.languages:
+            return {}
+        return self._each(lambda _lang: self.tr.language_name(code))  # the autonym
+
+    def country(self, code: str) -> dict[str, str]:
+        return self._each(lambda lang: self.tr.country_name(lang, code))
+
+    def option_of(self, qid: str):
+        q = self.qn.questions.get(qid)
+
+        def label(code: str) -> dict[str, str]:
+            if q is None:
+                return {}
+            return self._each(lambda lang: self.tr.option_label(lang, self.qn, q, code))
+        return label
+
+    def section(self, sid: str) -> dict[str, str]:
+        return self._each(lambda lang: self.tr.section_title(lang, self.qn, sid))
+
+    def question(self, q: Question) -> dict[str, str]:
+        if q.other_of:
+            return {}
+        return self._each(lambda lang: self.tr.question_prompt(lang, self.qn, q))
+
+
+async def _funnel(conn: AsyncConnection, qn: Questionnaire,
+                  labels: _Labels) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """How far each respondent got (from the conversation state: phase, slot, answers), and
+    where those who have not submitted stopped."""
+    section_index = {sec.id: i for i, sec in enumerate(qn.sections)}
+    n_sections = len(qn.sections)
+    reached = Counter()  # furthest step index -> respondents
+    stop_phase: Counter = Counter()
+    stop_question: Counter = Counter()
+    total = 0
+    result = await conn.stream(select(respondents.c.state).execution_options(yield_per=1000))
+    async for partition in result.partitions():
+        for (state,) in partition:
+            if not isinstance(state, dict) or state.get("questionnaire") != qn.id:
+                continue
+            total += 1
+            phase = state.get("phase")
+            version = state.get("version") or 1
+            furthest = -1  # -1: not started; 0..n-1 sections; n review; n+1 submitted
+            for key in state.get("answers") or {}:
+                q = qn.questions.get(key.partition("@")[0])
+                if q is not None:
+                    furthest = max(furthest, section_index[q.section])
+            slot_q = qn.questions.get((state.get("slot") or "").partition("@")[0])
+            if slot_q is not None and phase in ("asking", "cancelled", "language"):
+                furthest = max(furthest, section_index[slot_q.section])
+            if phase == "done" or version > 1:
+                furthest = n_sections + 1
+            elif phase == "review" or (phase == "cancelled" and state.get("resume") == "review"):
+                furthest = n_sections
+            reached[furthest] += 1
+            if furthest <= n_sections:  # not submitted: where did they stop?
+                stop_phase[phase or "new"] += 1
+                if slot_q is not None and phase in ("asking", "cancelled"):
+                    stop_question[slot_q.id] += 1
+    await result.close()
+
+    def at_least(index: int) -> int:
+        return sum(n for i, n in reached.items() if i >= index)
+
+    funnel = [{"step": "contacted", "labels": {}, "respondents": total},
+              {"step": "started", "labels": {}, "respondents": at_least(0)}]
+    for i, sec in enumerate(qn.sections):
+        funnel.append({"step": f"section:{sec.id}", "labels": labels.section(sec.id),
+                       "respondents": at_least(i)})
+    funnel.append({"step": "review", "labels": {}, "respondents": at_least(n_sections)})
+    funnel.append({"step": "submitted", "labels": {},
+                   "respondents": at_least(n_sections + 1)})
+    stops = {
+        "by_phase": dict(stop_phase.most_common()),
+        "by_question": [
+            {"question": qid, "section": qn.questions[qid].section,
+             "labels": labels.question(qn.questions[qid]), "respondents": n}
+            for qid, n in sorted(stop_question.items(),
+                                 key=lambda kv: (-kv[1], list(qn.questions).index(kv[0])))
+        ][:_STOP_ROWS],
+    }
+    return funnel, stops
+
+
+async def _areas(conn: AsyncConnection, qn: Questionnaire, labels: _Labels, qid: str, *,
+                 per_activity: bool, top: str | None = None) -> list[dict[str, Any]]:
+    """Codes of a multi-choice question over submitted reports: how many reports (and
+    activities, for a repeated question; and top-3 picks, for needs) name each code."""
+    q = qn.questions.get(qid)
+    if q is None:
+        return []
+    s, a = submissions, answers
+    base = and_(s.c.questionnaire_id == qn.id, s.c.status == "submitted", _effective())
+    wanted = [qid] + ([top] if top and top in qn.questions else [])
+    stmt = (select(a.c.submission_id, a.c.question_id, a.c.value_code)
+            .select_from(s.join(a, a.c.submission_id == s.c.id))
+            .where(and_(base, a.c.question_id.in_(wanted), a.c.value_code.is_not(None)))
+            .order_by(a.c.submission_id)
+            .execution_options(yield_per=2000))
+    mentions: Counter = Counter()
+    reports: Counter = Counter()
+    tops: Counter = Counter()
+    seen: set[str] = set()  # codes already counted for the current report
+    last_sid = None
+    result = await conn.stream(stmt)
+    async for partition in result.partitions():
+        for sid, question, code in partition:
+            if sid != last_sid:
+                seen.clear()
+                last_sid = sid
+            codes = [c for c in code.split(";") if c]
+            if question != qid:
+                tops.update(codes)
+                continue
+            mentions.update(codes)
+            fresh = set(codes) - seen
+            seen |= fresh
+            reports.update(fresh)
+    await result.close()
+    label_of = labels.option_of(qid)
+    order = {o.code: i for i, o in enumerate(q.options)}
+    out = []
+    for option in q.options:
+        code = option.code
+        if not (mentions[code] or tops[code]):
+            continue
+        entry: dict[str, Any] = {"code": code, "labels": label_of(code),
+                                 "bch_ref": option.bch_ref, "reports": reports[code]}
+        if per_activity:
+            entry["activities"] = mentions[code]
+        if top:
+            entry["top3"] = tops[code]
+        out.append(entry)
+    out.sort(key=lambda e: (-e.get("activities", e["reports"]), -e["reports"],
+                            order[e["code"]]))
+    return out
+
+
+# -- text ---------------------------------------------------------------------------------------
+
+
+def _label(entry: dict[str, Any], lang: str) -> str:
+    found = entry.get("labels") or {}
+    return found.get(lang) or found.get("en") or ""
+
+
+def _render(title: str, header: list[str], rows: list[list[Any]],
+            numeric_from: int) -> list[str]:
+    """An aligned plain-text table; numbers right-aligned."""
+    lines = ["", title]
+    if not rows:
+        return [*lines, "  (nothing yet)"]
+    cells = [[str(c) for c in row] for row in [header, *rows]]
+    widths = [max(_width(r[i]) for r in cells) for i in range(len(header))]
+    for n, row in enumerate(cells):
+        parts = []
+        for i, cell in enumerate(row):
+            pad = " " * (widths[i] - _width(cell))
+            parts.append(pad + cell if i >= numeric_from else cell + pad)
+        lines.append("  " + "  ".join(parts).rstrip())
+        if n == 0:
+            lines.append("  " + "  ".join("-" * w for w in widths))
+    return lines
+
+
+def _width(text: str) -> int:
+    """Display width: East Asian wide characters take two columns in a terminal."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else
+               0 if unicodedata.combining(ch) else 1 for ch in text)
+
+
+def _cut(text: str, limit: int = 48) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def format_stats(stats: dict[str, Any], lang: str = "en") -> str:
+    """The statistics as aligned plain-text tables; labels in `lang` (headings in English)."""
+    t = stats["totals"]
+    lines = [f"Reporting round: {stats['questionnaire']} — {stats['generated_at']}",
+             f"  respondents {t['respondents']} · reports {t['reports']} · submitted "
+             f"{t['submitted']} · draft {t['draft']} · cancelled {t['cancelled']} · amended "
+             f"{t['amended']} (in progress {t['amendments_in_progress']})"]
+    status_cols = ["submitted", "draft", "cancelled", "total"]
+
+    def breakdown(title: str, key: str, with_label: bool = True) -> None:
+        rows = [[e["code"], *([_cut(_label(e, lang))] if with_label else []),
+                 *(e[c] for c in status_cols)] for e in stats[key]]
+        header = ["code", *(["name"] if with_label else []), *status_cols]
+        lines.extend(_render(title, header, rows, 2 if with_label else 1))
+
+    breakdown("Reports by status", "by_status", with_label=False)
+    breakdown("Reports by language", "by_language")
+    breakdown("Reports by channel", "by_channel", with_label=False)
+    breakdown("Reports by country", "by_country")
+    breakdown("Reports by organization type", "by_org_type")
+    funnel = stats["funnel"]
+    start = funnel[0]["respondents"] or 1
+    lines.extend(_render("Completion funnel (respondents who got at least this far)",
+                         ["step", "name", "respondents", "%"],
+                         [[f["step"], _cut(_label(f, lang)), f["respondents"],
+                           f"{100 * f['respondents'] / start:.0f}"] for f in funnel], 2))
+    stops = stats["drafts_stop"]
+    lines.extend(_render("Not submitted yet: where they are",
+                         ["phase", "respondents"],
+                         [[p, n] for p, n in stops["by_phase"].items()], 1))
+    lines.extend(_render("Not submitted yet: question they stopped at",
+                         ["question", "section", "prompt", "respondents"],
+                         [[e["question"], e["section"], _cut(_label(e, lang), 40),
+                           e["respondents"]] for e in stops["by_question"]], 3))
+    lines.extend(_render("Most-reported areas of activity (submitted reports)",
+                         ["code", "name", "activities", "reports"],
+                         [[e["code"], _cut(_label(e, lang)), e["activities"], e["reports"]]
+                          for e in stats["activity_areas"]], 2))
+    lines.extend(_render("Most-reported areas of need (submitted reports)",
+                         ["code", "name", "reports", "top-3"],
+                         [[e["code"], _cut(_label(e, lang)), e["reports"], e.get("top3", 0)]
+                          for e in stats["need_areas"]], 2))
+    return "\n".join(lines) + "\n"
