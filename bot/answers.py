@@ -103,7 +103,7 @@ class AnswerParser:
         return text
 
     def _parse_long_text(self, question: Question, text: str, **_: Any) -> str:
-        if question.max_words and len(text.split()) > question.max_words:
+        if question.max_words and count_words(text) > question.max_words:
             raise AnswerError("error_too_many_words", count=question.max_words)
         return text
 
@@ -329,6 +329,15 @@ class AnswerParser:
             return None
         index = _country_index(self.tr, lang)
         return index.get(key)
+
+
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def count_words(text: str) -> int:
+    """Words as word processors count them: each Chinese/Japanese character is one word."""
+    cjk = len(_CJK.findall(text))
+    return cjk + len(_CJK.sub(" ", text).split())
 
 
 def _num(value: float | None) -> str:

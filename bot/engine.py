@@ -16,6 +16,7 @@ from bot.questionnaire import Option, Question, Questionnaire
 STATE_VERSION = 1
 COMMANDS = frozenset({"start", "back", "skip", "review", "language", "help", "cancel", "amend"})
 DONE, SUBMIT, AMEND = "DONE", "SUBMIT", "AMEND"
+_EDIT_RE = re.compile(r"^(\D+?)\s*(\d+)$")
 _COMMAND_RE = re.compile(r"^/([A-Za-z_]+)(?:@\w+)?(?:\s+(.*))?$", re.DOTALL)
 
 
@@ -466,9 +467,10 @@ class Engine:
     def _try_edit(self, turn: Turn, text: str, slots: list[Slot]) -> bool:
         if len(text) > 40 or not any(ch.isdigit() for ch in text):
             return False
-        words = fold(normalize_digits(clean_text(text))).lstrip("/").split()
-        if len(words) != 2 or words[0] not in self._edit_words:
+        m = _EDIT_RE.match(fold(normalize_digits(clean_text(text))).lstrip("/"))
+        if not m or m.group(1) not in self._edit_words:
             return False
+        words = [m.group(1), m.group(2)]  # "edit 3", and "编辑3" with no space
         st = turn.state
         items = self._review_items(slots, st["answers"])
         if not words[1].isdigit() or not 1 <= int(words[1]) <= len(items):

@@ -13,6 +13,10 @@ from bot.language import Detection
 from bot.messages import Inbound, Reply
 from tests.conftest import NOW
 
+# Answers of the "About you" section, for tests that start further on.
+PROFILE = {"R1_name": "a", "R2_email": "a@b.org", "R3_org": "o", "R4_orgtype": "NGO",
+           "R5_country": None}
+
 
 class Chat:
     """A respondent talking to the engine; the state goes through JSON between turns."""
@@ -165,8 +169,7 @@ def test_options_by_number_code_label_accent_insensitive(engine: Engine) -> None
     for answer in ("2", "PROJECT", "project", "Projet"):
         chat = Chat(engine, "fr" if answer == "Projet" else "en")
         chat.start()
-        chat.state["answers"].update({"R1_name": "a", "R2_email": "a@b.org", "R3_org": "o",
-                                      "R4_orgtype": "NGO", "R5_country": None, "S1_any_activity": "YES",
+        chat.state["answers"].update({**PROFILE, "S1_any_activity": "YES",
                                       "A1_title@0": "t"})
         chat.say("/review")  # re-asks the current question after the summary
         chat.state["slot"] = "A2_kind@0"
@@ -183,8 +186,7 @@ def test_options_by_number_code_label_accent_insensitive(engine: Engine) -> None
 def test_multi_choice_one_at_a_time_then_done(engine: Engine) -> None:
     chat = Chat(engine)
     chat.start()
-    chat.state["answers"].update({"R1_name": "a", "R2_email": "a@b.org", "R3_org": "o",
-                                  "R4_orgtype": "NGO", "R5_country": None, "S1_any_activity": "YES",
+    chat.state["answers"].update({**PROFILE, "S1_any_activity": "YES",
                                   "A1_title@0": "t", "A2_kind@0": "PROJECT"})
     chat.state["slot"] = "A3_role@0"
     chat.press("IMPLEMENTING")
@@ -200,8 +202,7 @@ def test_multi_choice_one_at_a_time_then_done(engine: Engine) -> None:
 def test_required_multi_choice_needs_a_selection(engine: Engine) -> None:
     chat = Chat(engine)
     chat.start()
-    chat.state["answers"].update({"R1_name": "a", "R2_email": "a@b.org", "R3_org": "o",
-                                  "R4_orgtype": "NGO", "R5_country": None, "S1_any_activity": "YES",
+    chat.state["answers"].update({**PROFILE, "S1_any_activity": "YES",
                                   "A1_title@0": "t", "A2_kind@0": "PROJECT"})
     chat.state["slot"] = "A3_role@0"
     chat.press("DONE")
@@ -404,8 +405,7 @@ def test_invalid_values_get_a_specific_message(engine: Engine, question: str, ty
 def test_end_before_start_is_refused(engine: Engine) -> None:
     chat = Chat(engine)
     chat.start()
-    chat.state["answers"].update({"R1_name": "a", "R2_email": "a@b.org", "R3_org": "o",
-                                  "R4_orgtype": "NGO", "R5_country": None, "S1_any_activity": "YES",
+    chat.state["answers"].update({**PROFILE, "S1_any_activity": "YES",
                                   "A7_start@0": "2023-05", "A6_status@0": "COMPLETED"})
     chat.state["slot"] = "A8_end@0"
     chat.say("2023-04")
@@ -424,3 +424,18 @@ def test_progress_counts_questions(engine: Engine) -> None:
     assert chat.last.progress.startswith("Question 1 of ")
     chat.say("Amina")
     assert chat.last.progress.startswith("Question 2 of ")
+
+
+def test_edit_without_a_space_in_chinese(engine: Engine) -> None:
+    chat = Chat(engine, "zh")
+    chat.start()
+    answer_all(chat, lang="zh")
+    chat.say("编辑1")
+    assert chat.awaiting == "R1_name"
+
+
+def test_chinese_word_limit_counts_characters() -> None:
+    from bot.answers import count_words
+
+    assert count_words("生物安全能力建设") == 8
+    assert count_words("Training on 生物安全") == 6

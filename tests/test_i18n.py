@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bot.i18n import LANGUAGES, FSI, PDI, Translations, placeholders, plural_categories
+from bot.i18n import FSI, LANGUAGES, PDI, Translations, placeholders, plural_categories
 from bot.questionnaire import load_questionnaires
 from bot.yamlfile import DataFileError
 
@@ -18,7 +18,7 @@ GLOSSARY = json.loads((ROOT / "locales" / "glossary.json").read_text(encoding="u
 
 
 def test_every_catalog_is_complete_with_matching_placeholders(content) -> None:
-    questionnaires, _, tr = content
+    _questionnaires, _, tr = content
     en_ui = tr._catalogs[("en", "ui")].messages
     for lang in LANGUAGES:
         ui = tr._catalogs[(lang, "ui")].messages
@@ -34,7 +34,7 @@ def test_every_catalog_is_complete_with_matching_placeholders(content) -> None:
 
 @pytest.mark.parametrize("lang", LANGUAGES)
 def test_capacity_building_areas_use_the_official_wording(content, lang: str) -> None:
-    questionnaires, q, tr = content
+    _questionnaires, q, tr = content
     areas = q.questions["A9_areas"]
     for option in areas.options:
         official = " ".join(GLOSSARY["terms"][option.code][lang].split())
