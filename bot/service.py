@@ -27,6 +27,7 @@ from bot.engine import Engine, Turn, awaiting, split_slot
 from bot.language import LanguageDetector
 from bot.locks import KeyedLocks
 from bot.messages import Inbound, Reply
+from bot.outbox import OutboxItem
 from storage import repository as repo
 from storage.db import Database
 
@@ -61,9 +62,13 @@ class TurnResult:
     failed: bool = False
     respondent_id: int | None = None
     submission_id: int | None = None
-    outbox_ids: list[int] = field(default_factory=list)
+    outbox: list[OutboxItem] = field(default_factory=list)
     state: dict[str, Any] | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def outbox_ids(self) -> list[int]:
+        return [item.id for item in self.outbox]
 
 
 @dataclass(slots=True)
@@ -88,7 +93,7 @@ class _Work:
     replies: list[Reply] = field(default_factory=list)
 
 
-OutboxListener = Callable[[str, list[int]], None]
+OutboxListener = Callable[[list[OutboxItem]], None]
 
 
 class ConversationService:
@@ -116,7 +121,7 @@ class ConversationService:
         self._listeners: list[OutboxListener] = []
 
     def on_outbox(self, listener: OutboxListener) -> None:
-        """Called after each commit with the new outbox ids of a channel (wakes its sender)."""
+        """Called after each commit with the turn's new outbox rows (hands them to senders)."""
         self._listeners.append(listener)
 
     def engine_for(self, state: dict[str, Any] | None) -> Engine:
@@ -140,9 +145,9 @@ class ConversationService:
             future = asyncio.get_running_loop().create_future()
             self._submit(_Job(inbound, language, explicit_language, prefill, turn_fn, future))
             result: TurnResult = await future
-        if result.outbox_ids and inbound.channel not in self.inline_channels:
+        if result.outbox and inbound.channel not in self.inline_channels:
             for listener in self._listeners:
-                listener(inbound.channel, result.outbox_ids)
+                listener(result.outbox)
         return result
 
     def _submit(self, job: _Job) -> None:
@@ -369,7 +374,7 @@ class ConversationService:
         removed.clear()
 
     def _write_outbox(self, conn: Connection, works: list[_Work],
-                            now: datetime) -> list[list[int]]:
+                      now: datetime) -> list[list[OutboxItem]]:
         rows, owners = [], []
         for i, work in enumerate(works):
             ib = work.job.inbound
@@ -382,10 +387,28 @@ class ConversationService:
                              "created_at": now, "sent_at": now if inline else None})
                 owners.append(i)
         ids = repo.insert_outbox(conn, rows)
-        per_work: list[list[int]] = [[] for _ in works]
-        for owner, oid in zip(owners, ids, strict=True):
-            per_work[owner].append(oid)
+        per_work: list[list[OutboxItem]] = [[] for _ in works]
+        for owner, oid, row in zip(owners, ids, rows, strict=True):
+            per_work[owner].append(OutboxItem(oid, row["channel"], row["address"],
+                                              row["payload"], row["respondent_id"]))
         return per_work
+
+    def add_outbox(self, conn: Connection, items: list[dict[str, Any]],
+                   now: datetime) -> list[OutboxItem]:
+        """Outgoing messages that are not replies to a turn (invitations, notices)."""
+        rows = [{"channel": i["channel"], "respondent_id": i.get("respondent_id"),
+                 "address": i["address"], "payload": i["payload"], "status": "pending",
+                 "attempts": 0, "created_at": now} for i in items]
+        ids = repo.insert_outbox(conn, rows)
+        return [OutboxItem(oid, r["channel"], r["address"], r["payload"], r["respondent_id"])
+                for oid, r in zip(ids, rows, strict=True)]
+
+    async def send_later(self, items: list[dict[str, Any]]) -> list[OutboxItem]:
+        """Commit messages to the outbox, then hand them to the channel senders."""
+        created = await self.db.transaction(self.add_outbox, items, self.clock())
+        for listener in self._listeners:
+            listener(created)
+        return created
 
     # -- messages that never reach the engine ---------------------------------------------------
 

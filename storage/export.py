@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -12,11 +13,12 @@ from typing import Any
 
 import pycountry
 from sqlalchemy import String, and_, exists, select, type_coerce
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.engine import Engine
 from bot.i18n import LANGUAGES, Translations
 from bot.questionnaire import MULTI_TYPES, Question, Questionnaire, default_questionnaire
+from storage.db import Database, create_engine
 from storage.models import answers, respondents, submissions
 
 logger = logging.getLogger(__name__)
@@ -85,6 +87,30 @@ def format_timestamp(value: Any) -> str:
     if value.tzinfo is not None:
         value = value.astimezone(UTC)
     return value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+DatabaseLike = AsyncEngine | Database
+
+
+@contextlib.asynccontextmanager
+async def reading_engine(db: DatabaseLike) -> AsyncIterator[AsyncEngine]:
+    """The engine for a long read (export, statistics), given an AsyncEngine or a Database.
+
+    On SQLite the application's engine holds a single connection, kept for conversation turns;
+    a long read gets its own short-lived engine, and WAL lets turns commit meanwhile. Elsewhere
+    the given engine's pool is used.
+    """
+    engine = db.engine if isinstance(db, Database) else db
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:") or \
+            "mode=memory" in engine.url.render_as_string():
+        yield engine
+        return
+    reader = create_engine(engine.url.render_as_string(hide_password=False))
+    try:
+        yield reader
+    finally:
+        await reader.dispose()
 
 
 # -- options ----------------------------------------------------------------------------------

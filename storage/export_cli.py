@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.config import Settings
 from bot.i18n import LANGUAGES, Translations
@@ -28,10 +27,12 @@ from bot.questionnaire import Questionnaire
 from storage.export import (
     DATA_TABLES,
     TABLES,
+    DatabaseLike,
     ExportBatch,
     Exporter,
     ExportOptionError,
     ExportOptions,
+    reading_engine,
 )
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def _write_batch(writers: dict[str, Any], batch: ExportBatch, counts: dict[str, 
         counts[table] += len(rows)
 
 
-async def _write_tables(db: AsyncEngine, exporter: Exporter, streams: dict[str, IO[bytes]],
+async def _write_tables(db: DatabaseLike, exporter: Exporter, streams: dict[str, IO[bytes]],
                         counts: dict[str, int]) -> None:
     """Header + rows of each data table into its binary stream, in one pass over the data."""
     wrappers: dict[str, io.TextIOWrapper] = {}
@@ -94,7 +95,7 @@ async def _write_tables(db: AsyncEngine, exporter: Exporter, streams: dict[str, 
             wrappers[table], writers[table] = _text_writer(stream)
             writers[table].writerow(exporter.header(table))
             counts[table] = 0
-        async with db.connect() as conn:
+        async with reading_engine(db) as engine, engine.connect() as conn:
             async for batch in exporter.batches(conn, list(streams)):
                 # File writes (and zip compression) off the event loop.
                 await asyncio.to_thread(_write_batch, writers, batch, counts)
@@ -128,7 +129,7 @@ def _check_tables(tables: Iterable[str]) -> tuple[str, ...]:
 # -- zip ----------------------------------------------------------------------------------------
 
 
-async def _write_zip(db: AsyncEngine, exporter: Exporter, fh: IO[bytes],
+async def _write_zip(db: DatabaseLike, exporter: Exporter, fh: IO[bytes],
                      tables: tuple[str, ...], spool_dir: str | None) -> dict[str, int]:
     """A zip holds one open entry at a time: answers.csv (the big one) streams straight into
     the zip; submissions.csv and activities.csv go to unlinked temporary files first (on disk,
@@ -192,7 +193,7 @@ def check_destination(out: str | os.PathLike[str]) -> tuple[str, Path]:
     return "dir", path
 
 
-async def export_zip(db: AsyncEngine, questionnaires: dict[str, Questionnaire],
+async def export_zip(db: DatabaseLike, questionnaires: dict[str, Questionnaire],
                      translations: Translations, options: ExportOptions,
                      dest: str | os.PathLike[str] | IO[bytes], *,
                      tables: Iterable[str] = TABLES) -> ExportSummary:
@@ -221,7 +222,7 @@ async def export_zip(db: AsyncEngine, questionnaires: dict[str, Questionnaire],
     return ExportSummary(str(target), qn.id, counts, size)
 
 
-async def export_dir(db: AsyncEngine, questionnaires: dict[str, Questionnaire],
+async def export_dir(db: DatabaseLike, questionnaires: dict[str, Questionnaire],
                      translations: Translations, options: ExportOptions,
                      dest: str | os.PathLike[str], *,
                      tables: Iterable[str] = TABLES) -> ExportSummary:
@@ -284,7 +285,7 @@ def _publish(renames: dict[Path, Path]) -> int:
     return size
 
 
-async def export_to(db: AsyncEngine, questionnaires: dict[str, Questionnaire],
+async def export_to(db: DatabaseLike, questionnaires: dict[str, Questionnaire],
                     translations: Translations, options: ExportOptions,
                     out: str | os.PathLike[str], *,
                     tables: Iterable[str] = TABLES) -> ExportSummary:

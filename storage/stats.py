@@ -10,10 +10,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, exists, func, or_, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.i18n import LANGUAGES, Translations
 from bot.questionnaire import Question, Questionnaire
+from storage.export import DatabaseLike, reading_engine
 from storage.models import answers, respondents, submissions
 
 logger = logging.getLogger(__name__)
@@ -43,14 +44,14 @@ def _effective():
                and_(never_submitted, ~exists().where(newer_any)))
 
 
-async def collect_stats(db: AsyncEngine | AsyncConnection, questionnaire: Questionnaire,
+async def collect_stats(db: DatabaseLike | AsyncConnection, questionnaire: Questionnaire,
                         translations: Translations) -> dict[str, Any]:
     """Everything `capbot stats` and /stats show, as a JSON-ready dict (labels included in the
     six languages, so that `format_stats` needs no catalogs). Aggregates run in SQL; the funnel
     streams the respondents' conversation states."""
     if isinstance(db, AsyncConnection):
         return await _collect(db, questionnaire, translations)
-    async with db.connect() as conn:
+    async with reading_engine(db) as engine, engine.connect() as conn:
         return await _collect(conn, questionnaire, translations)
 
 

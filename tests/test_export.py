@@ -13,14 +13,13 @@ from typing import Any
 
 import pandas as pd
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import insert, select, update
 
 from bot.app import App, build_app
-from bot.config import ROOT, load_settings
-from bot.i18n import LANGUAGES, plural_categories
+from bot.config import load_settings
+from bot.i18n import LANGUAGES
 from handlers.console import ConsoleChannel
 from storage import export_cli
 from storage.export import (
@@ -35,55 +34,35 @@ from storage.export import (
 from storage.export_cli import export_dir, export_zip, run_export
 from storage.models import answers, respondents, submissions
 
-# A marker in each script, so that a label's language can be checked in the files.
-MARK = {"en": "", "fr": "Fr·", "es": "Es·", "ar": "ع·", "ru": "Рус·", "zh": "中·"}
 FORMULA = '=HYPERLINK("http://evil.example/x","click")'
 
 # -- fixtures -----------------------------------------------------------------------------------
 
 
-def _localize(node: Any, lang: str, mark: str) -> Any:
-    """English catalog -> a placeholder catalog for `lang` (plural categories of `lang`)."""
-    if isinstance(node, dict):
-        if node and set(node) <= {"zero", "one", "two", "few", "many", "other"}:
-            return {cat: mark + node["other"] for cat in sorted(plural_categories(lang))}
-        return {k: _localize(v, lang, mark) for k, v in node.items()}
-    if isinstance(node, str):
-        return mark + node
-    return node
-
-
-def make_locales(root: Path) -> Path:
-    """Six catalogs built from the English ones, texts prefixed with a marker in each script
-    (the real translations are written elsewhere; these keep the tests deterministic)."""
-    src = ROOT / "locales"
-    root.mkdir(parents=True, exist_ok=True)
-    for name in ("glossary.json", "glossary_map.yaml"):
-        shutil.copy(src / name, root / name)
-    for lang in LANGUAGES:
-        (root / lang).mkdir(exist_ok=True)
-        for path in (src / "en").glob("*.yaml"):
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-            # UI words are matched when typed; only the questionnaire texts get the marker.
-            mark = MARK[lang] if path.stem != "ui" else ""
-            text = yaml.safe_dump(_localize(data, lang, mark), allow_unicode=True)
-            (root / lang / path.name).write_text(text, encoding="utf-8")
-    return root
-
-
-@pytest.fixture(scope="session")
-def locales_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_locales(tmp_path_factory.mktemp("locales"))
-
-
 @pytest.fixture
-async def app(tmp_path: Path, locales_dir: Path) -> AsyncIterator[App]:
+async def app(tmp_path: Path) -> AsyncIterator[App]:
+    """The real composition root (shipped questionnaire and catalogs) on a fresh SQLite file."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'capbot.db'}"
-    application = await build_app(load_settings(database_url=url, locales_dir=locales_dir))
+    application = await build_app(load_settings(database_url=url))
     try:
         yield application
     finally:
         await application.close()
+
+
+@pytest.fixture
+async def any_app(database_url: str) -> AsyncIterator[App]:
+    """The same, once on SQLite and once on a real PostgreSQL."""
+    application = await build_app(load_settings(database_url=database_url))
+    try:
+        yield application
+    finally:
+        await application.close()
+
+
+def label(app: App, lang: str, qid: str, code: str) -> str:
+    return app.translations.option_label(lang, app.questionnaire,
+                                         app.questionnaire.questions[qid], code)
 
 
 # -- conversations ------------------------------------------------------------------------------
@@ -210,7 +189,8 @@ async def export_files(app: App, out: Path, **options: Any) -> dict[str, bytes]:
 # -- the acceptance scenario --------------------------------------------------------------------
 
 
-async def test_three_languages_zip_and_dir_every_answer_once(app: App, tmp_path: Path):
+async def test_three_languages_zip_and_dir_every_answer_once(any_app: App, tmp_path: Path):
+    app = any_app
     await three_reports(app)
     stored = await stored_answers(app)
     assert len({sid for sid, *_ in stored}) == 3
@@ -268,8 +248,7 @@ async def test_three_languages_zip_and_dir_every_answer_once(app: App, tmp_path:
     files_ar = await export_files(app, out, lang="ar")
     assert sorted(files_ar) == sorted(files)
     subs_ar = read_pandas(files_ar["submissions.csv"]).set_index("language")
-    assert subs_ar.loc["fr", "R4_orgtype_label"] == MARK["ar"] + "Government of a Party to " \
-                                                                 "the Cartagena Protocol"
+    assert subs_ar.loc["fr", "R4_orgtype_label"] == label(app, "ar", "R4_orgtype", "PARTY_GOV")
     assert subs_ar.loc["fr", "country_label"] == app.translations.country_name("ar", "fr")
     assert subs_ar.loc["fr", "S1_any_activity_label"] == app.translations.raw("ar", "yes")
     long_ar = read_pandas(files_ar["answers.csv"])
@@ -295,8 +274,9 @@ async def test_codebook_lists_every_column_and_code_in_six_languages(app: App, t
                                       "required", "ask_if", "option_list", "code"]
     for name in ("submissions.csv", "activities.csv", "answers.csv"):
         header = next(csv.reader(io.StringIO(files[name].decode("utf-8-sig"))))
-        described = book[(book.file == name) & (book.code == "")].column.tolist()
+        described = book[book.file == name].column.drop_duplicates().tolist()
         assert described == header, name
+        assert book[(book.file == name) & (book.code == "")].column.is_unique
     areas = book[(book.column == "A9_areas") & (book.code != "")]
     assert len(areas) == 17
     risk = areas.set_index("code").loc["RISK_ASSESSMENT"]
@@ -308,7 +288,10 @@ async def test_codebook_lists_every_column_and_code_in_six_languages(app: App, t
     assert len({risk[f"label_{lang}"] for lang in LANGUAGES}) == 6
     kinds = book[(book.column == "A2_kind") & (book.code == "PROJECT")].iloc[0]
     assert [kinds[f"label_{lang}"] for lang in LANGUAGES] == [
-        MARK[lang] + "Project" for lang in LANGUAGES]
+        label(app, lang, "A2_kind", "PROJECT") for lang in LANGUAGES]
+    assert len({kinds[f"label_{lang}"] for lang in LANGUAGES}) == 6
+    prompt = book[(book.column == "R3_org") & (book.code == "")].iloc[0]
+    assert all(prompt[f"label_{lang}"] for lang in LANGUAGES)
     assert all(book[(book.column == "A9_areas") & (book.code == "")].bch_ref == "")
     country = book[(book.column == "R5_country") & (book.code == "ke")].iloc[0]
     assert country.label_en == "Kenya" and country.label_zh and country.label_ru
@@ -328,7 +311,9 @@ async def _submissions_csv(app: App, tmp_path: Path, name: str, **options: Any) 
     return read_pandas(files["submissions.csv"])
 
 
-async def test_status_draft_all_and_amendment_exports_latest_version(app: App, tmp_path: Path):
+async def test_status_draft_all_and_amendment_exports_latest_version(any_app: App,
+                                                                     tmp_path: Path):
+    app = any_app
     await three_reports(app)
     # A fourth respondent stops half-way.
     await converse(app, "es1", "es", PROFILE[:3], finish=False)
@@ -370,7 +355,8 @@ async def test_status_draft_all_and_amendment_exports_latest_version(app: App, t
     assert (await _submissions_csv(app, tmp_path, "f", status="draft")).empty
 
 
-async def test_since_until_channel_country_filters(app: App, tmp_path: Path):
+async def test_since_until_channel_country_filters(any_app: App, tmp_path: Path):
+    app = any_app
     await three_reports(app)
     async with app.db.begin() as conn:
         ids = dict((await conn.execute(select(submissions.c.language, submissions.c.id))).all())
@@ -442,7 +428,8 @@ async def test_column_order_follows_questionnaire(app: App, tmp_path: Path):
                     *rep[:budget], "A14_budget_currency", *rep[budget:]]
 
 
-async def test_empty_database(app: App, tmp_path: Path):
+async def test_empty_database(any_app: App, tmp_path: Path):
+    app = any_app
     files = await export_files(app, tmp_path / "empty.zip", status="all", lang="zh")
     for name in ("submissions.csv", "activities.csv", "answers.csv"):
         assert read_pandas(files[name]).empty
@@ -578,9 +565,8 @@ def test_options_parse_normalises():
 
 
 @pytest.fixture
-def cli_settings(tmp_path: Path, locales_dir: Path):
-    return load_settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}",
-                         locales_dir=locales_dir)
+def cli_settings(tmp_path: Path):
+    return load_settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}")
 
 
 @pytest.mark.parametrize("kwargs,option", [
@@ -624,9 +610,9 @@ async def test_cli_unwritable_directory_exits_2(cli_settings, tmp_path: Path, ca
                                        "Permission denied\n")
 
 
-async def test_cli_writes_zip_and_directory(app: App, tmp_path: Path, capsys, locales_dir):
+async def test_cli_writes_zip_and_directory(app: App, tmp_path: Path, capsys):
     await three_reports(app)
-    settings_ = load_settings(database_url=str(app.db.url), locales_dir=locales_dir)
+    settings_ = load_settings(database_url=str(app.db.url))
     assert await run_export(settings_, cli_args(tmp_path / "x.zip")) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"wrote {tmp_path / 'x.zip'} (cpb_cb_survey): 3 submissions, "
@@ -673,22 +659,3 @@ async def test_rows_api_and_batches(app: App):
     stored = await stored_answers(app)
     assert sorted((r[0], r[1], r[2]) for r in rows[1:]) == sorted(s[:3] for s in stored)
     assert len(subs) == 4 and book[0][0] == "file"
-
-
-@pytest.mark.postgres
-async def test_export_on_postgresql(postgres_url: str, locales_dir: Path, tmp_path: Path):
-    application = await build_app(load_settings(database_url=postgres_url,
-                                                locales_dir=locales_dir))
-    try:
-        await three_reports(application)
-        files = await export_files(application, tmp_path / "pg.zip", lang="ru",
-                                   since="2000-01-01", country="FR")
-        subs = read_pandas(files["submissions.csv"])
-        assert list(subs.language) == ["fr"]
-        assert subs.started_at[0][:2] == "20" and len(subs.started_at[0]) == 19
-        long = read_pandas(files["answers.csv"])
-        assert len(long) == len([a for a in await stored_answers(application)
-                                 if str(a[0]) == subs.submission_id[0]])
-        assert len(read_pandas(files["activities.csv"])) == 2
-    finally:
-        await application.close()

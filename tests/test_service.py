@@ -117,11 +117,11 @@ async def test_engine_failure_keeps_the_message_and_answers_politely(make_app,
 async def test_outbox_rows_for_sent_channels_wait_for_the_sender(make_app,
                                                                  database_url) -> None:
     app = await make_app(database_url)
-    woken: list[tuple[str, list[int]]] = []
-    app.service.on_outbox(lambda channel, ids: woken.append((channel, ids)))
+    woken: list[list[int]] = []
+    app.service.on_outbox(lambda items: woken.append([i.id for i in items]))
     result = await app.service.handle(msg("42", "start", "/start", channel="telegram"),
                                       language="en", explicit_language=True)
-    assert woken == [("telegram", result.outbox_ids)] and result.outbox_ids
+    assert woken == [result.outbox_ids] and result.outbox_ids
     assert await scalar(app, select(func.count()).select_from(outbox).where(
         outbox.c.status == "pending")) == len(result.replies)
     await app.service.handle(msg("c", "start", "/start"), language="en",

@@ -46,9 +46,13 @@ _BLOCK_TAGS = {
     "address", "center", "form", "fieldset", "figure", "main", "nav", "aside", "caption",
 }  # fmt: skip
 _WS = re.compile(r"[ \t\r\n\f\u00a0]+")
-_HTML_NOISE = re.compile(
-    r"<!--.*?-->|<(head|style|script)\b[^>]*>.*?</\1\s*>", re.IGNORECASE | re.DOTALL
-)
+_NOISE_OPEN = re.compile(r"<!--|<(head|style|script)\b[^>]{0,1000}>", re.IGNORECASE)
+_NOISE_CLOSE = {
+    "": re.compile(r"-->"),
+    "head": re.compile(r"</head\s*>", re.IGNORECASE),
+    "style": re.compile(r"</style\s*>", re.IGNORECASE),
+    "script": re.compile(r"</script\s*>", re.IGNORECASE),
+}
 HTML_LIMIT = 200_000
 
 
@@ -219,6 +223,26 @@ def _render(node: Tag, out: _TextWriter, pre: bool = False) -> None:
             _render(child, out, pre)
 
 
+def _drop_noise(html: str) -> str:
+    """Remove comments, <head>, <style> and <script> blocks in one linear pass."""
+    out: list[str] = []
+    pos = 0
+    unclosed: set[str] = set()  # kinds with no closer after some point: never search again
+    while (opener := _NOISE_OPEN.search(html, pos)) is not None:
+        out.append(html[pos : opener.start()])
+        kind = (opener.group(1) or "").lower()
+        closer = None if kind in unclosed else _NOISE_CLOSE[kind].search(html, opener.end())
+        if closer is None:
+            # Unclosed: drop only the opener (a missing </head> must not swallow the body).
+            unclosed.add(kind)
+            pos = opener.end()
+            continue
+        out.append(" ")
+        pos = closer.end()
+    out.append(html[pos:])
+    return "".join(out)
+
+
 def html_to_text(html: str, limit: int = HTML_LIMIT) -> str:
     """Readable text of an HTML body: block elements and <br> break lines, quotes get "> ".
 
@@ -226,7 +250,7 @@ def html_to_text(html: str, limit: int = HTML_LIMIT) -> str:
     (Outlook's are huge) go first, and only the first limit characters are read: the
     respondent's text is at the top, the long quoted history below.
     """
-    html = _HTML_NOISE.sub(" ", html)[:limit]
+    html = _drop_noise(html)[:limit]
     soup = BeautifulSoup(html, "html.parser")
     out = _TextWriter()
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -248,6 +249,20 @@ def test_html_to_text_structure() -> None:
     assert html_to_text(html) == (
         "Hello\nworld\n4. four\n5. five\n- dot\na b\nc\nx  y\nz\n> q1\n> > q2\ndone & dusted"
     )
+
+
+def test_html_to_text_drops_noise_and_reads_a_prefix() -> None:
+    assert html_to_text("<html><head><title>t</title><body><p>Hello</p>") == "Hello"
+    assert html_to_text("<!--[if mso]><p>hidden</p><![endif]--><p>shown</p>") == "shown"
+    assert html_to_text("<style>p{}</style><p>a</p><script>x()</script><p>b</p>") == "a\nb"
+    assert html_to_text("<p>" + "x" * 50 + "</p><p>tail</p>", limit=40) == "x" * 37
+
+
+@pytest.mark.parametrize("junk", ["<!--", "<style", "<head>", "<script>", "<ol><li>"])
+def test_html_to_text_unclosed_noise_is_linear(junk: str) -> None:
+    start = time.perf_counter()
+    html_to_text(junk * 20_000 + "<p>end</p>", limit=10**7)
+    assert time.perf_counter() - start < 5  # quadratic scanning would take minutes
 
 
 def test_html_to_text_deep_nesting_does_not_raise() -> None:
