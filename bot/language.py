@@ -9,6 +9,7 @@ import threading
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -164,10 +165,19 @@ def _count_scripts(text: str) -> dict[str, int]:
     return counts
 
 
+_PROFILES = (
+    "ar", "en", "es", "fr", "ru", "zh-cn", "zh-tw",
+    "af", "ca", "cs", "cy", "da", "de", "et", "fi", "hr", "hu", "id", "it", "lt", "lv", "nl",
+    "no", "pl", "pt", "ro", "sk", "sl", "so", "sq", "sv", "sw", "tl", "tr", "vi",
+    "bg", "mk", "uk", "fa",
+)
+
+
 class LanguageDetector:
     """Detects which of the six languages a respondent wrote in.
 
-    Create it once: it loads langdetect's profiles (~0.5 s, ~60 MB). ``detect`` is safe to call
+    Create it once: it loads 39 of langdetect's profiles (~0.3 s, ~23 MB). ``detect`` is safe
+    to call
     from several threads (each call builds its own langdetect ``Detector``, seeded, so answers
     are repeatable; the profiles are read-only) and is quick enough for the event loop: well
     under 1 ms for Arabic/Chinese/Cyrillic, ~2 ms for short Latin text, ~10 ms for Latin text
@@ -178,7 +188,12 @@ class LanguageDetector:
         from langdetect.detector_factory import PROFILES_DIRECTORY, DetectorFactory
 
         factory = DetectorFactory()
-        factory.load_profile(PROFILES_DIRECTORY)
+        # Only the profiles that can matter: the six, the Latin-script languages the
+        # unrestricted run must recognise as "other", and the Cyrillic/Arabic-script
+        # neighbours the guards ask about. 23 MB instead of 63 MB for all 55.
+        factory.load_json_profile([
+            (Path(PROFILES_DIRECTORY) / name).read_text(encoding="utf-8")
+            for name in _PROFILES])
         factory.set_seed(seed)
         # The two "factories": one whose detectors only consider the six languages (prior 1 for
         # them; languages missing from the prior map get 0 in set_prior_map, and a 0 prior stays

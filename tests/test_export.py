@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import shutil
 import zipfile
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -362,10 +362,8 @@ async def test_since_until_channel_country_filters(any_app: App, tmp_path: Path)
         ids = dict((await conn.execute(select(submissions.c.language, submissions.c.id))).all())
         for lang, day in (("fr", "2024-03-10 12:00:00"), ("ar", "2024-03-11 23:59:59"),
                           ("zh", "2024-03-12 00:00:00")):
-            from datetime import datetime
-
             await conn.execute(update(submissions).where(submissions.c.id == ids[lang]).values(
-                updated_at=datetime.fromisoformat(day)))
+                updated_at=datetime.fromisoformat(day).replace(tzinfo=UTC)))
         await conn.execute(update(submissions).where(submissions.c.id == ids["zh"]).values(
             channel="telegram"))
 
@@ -376,7 +374,8 @@ async def test_since_until_channel_country_filters(any_app: App, tmp_path: Path)
     assert await langs("s2", until="2024-03-11") == ["ar", "fr"]
     assert await langs("s3", since="2024-03-11", until="2024-03-11") == ["ar"]
     assert await langs("s4", since="2024-03-11T23:00:00+00:00") == ["ar", "zh"]
-    assert await langs("s5", until="2024-03-11T23:30:00-01:00") == ["ar", "fr"]
+    assert await langs("s5", until="2024-03-11T23:30:00+01:00") == ["fr"]  # 22:30 UTC
+    assert await langs("s6", until="2024-03-11T23:30:00-01:00") == ["ar", "fr", "zh"]
     assert await langs("c1", channel="telegram") == ["zh"]
     assert await langs("c2", channel="console") == ["ar", "fr"]
     assert await langs("c3", channel="email") == []
@@ -530,9 +529,7 @@ async def test_unicode_round_trip(app: App, tmp_path_factory: pytest.TempPathFac
                 expected["A1_title"]
 
 
-def _now():
-    from datetime import UTC, datetime
-
+def _now() -> datetime:
     return datetime.now(UTC)
 
 

@@ -259,9 +259,11 @@ def classify(msg: Message) -> Classification:
     Loop-safety signs win over malformation: a broken bounce is still a bounce.
     """
     try:
-        return _classify(msg)
+        result = _classify(msg)
     except Exception as exc:
         return Classification("malformed", f"classification failed: {type(exc).__name__}")
+    # Reasons quote header values: keep them short for the log.
+    return Classification(result.kind, result.reason[:200])
 
 
 def _classify(msg: Message) -> Classification:

@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _MSG_ID = re.compile(r"<([^<>\s]+)>")
 _LANG = re.compile(r"^[a-z]{2,3}$")
+_MAX_ID = 250
 _SKIP_TAGS = {"head", "script", "style", "title", "template", "noscript", "svg", "object"}
 _BLOCK_TAGS = {
     "p", "div", "tr", "table", "tbody", "thead", "tfoot", "ul", "ol", "dl", "dt", "dd",
@@ -90,7 +91,7 @@ class ParsedMail:
     size: int  # raw size in bytes
     token: str | None  # reply token found in Delivered-To/To/Cc/Subject, not yet verified
     defects: tuple[str, ...]  # names of the parser's defects, for the quarantine log
-    message_id_synthesized: bool = False
+    message_id_synthesized: bool = False  # True when the mail had no usable Message-ID
 
     @property
     def can_reply(self) -> bool:
@@ -399,7 +400,7 @@ def parse_message(raw: bytes, *, max_bytes: int = 1_000_000) -> ParsedMail:
 
 def _broken(data: bytes, max_bytes: int, reason: str) -> ParsedMail:
     # Keep a real Message-ID if one is readable, so a redelivery is still recognised.
-    found = re.search(rb"(?im)^message-id:\s*<([^<>\s]{1,250})>", data[:65_536])
+    found = re.search(rb"(?im)^message-id:\s*<([^<>\s]{1,%d})>" % _MAX_ID, data[:65_536])
     message_id = found.group(1).decode("ascii", "replace") if found else _synthetic_id(data)
     return ParsedMail(
         message_id=message_id,
@@ -439,6 +440,9 @@ def _parse(data: bytes, max_bytes: int) -> ParsedMail:
     hint = None if too_large else _charset_hint(msg)
     ids = _msg_ids(raw_header(msg, "Message-ID"))
     message_id = ids[0] if ids else _synthetic_id(data)
+    if len(message_id) > _MAX_ID:
+        # Absurd ids would not fit the inbound log; a hash of the id still de-duplicates.
+        message_id = _synthetic_id(message_id.encode("utf-8", "surrogateescape"))
 
     from_name, from_address = "", ""
     from_value = raw_header(msg, "From", hint)

@@ -327,3 +327,11 @@ def test_base64_subject_split_mid_character() -> None:
     first, second = base64.b64encode(data[:3]).decode(), base64.b64encode(data[3:]).decode()
     raw = mail(f"From: a@b.c\nSubject: =?utf-8?b?{first}?=\n =?utf-8?b?{second}?=")
     assert parse_message(raw).subject == "Анкета"
+
+
+def test_absurd_message_id_is_hashed_not_truncated() -> None:
+    long_a = mail("From: a@b.c\nMessage-ID: <" + "a" * 400 + "@x>")
+    long_b = mail("From: a@b.c\nMessage-ID: <" + "a" * 399 + "b@x>")
+    ids = {parse_message(long_a).message_id, parse_message(long_b).message_id}
+    assert len(ids) == 2 and all(len(i) <= 250 for i in ids)
+    assert parse_message(long_a).message_id == parse_message(long_a).message_id
