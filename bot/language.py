@@ -176,12 +176,12 @@ _PROFILES = (
 class LanguageDetector:
     """Detects which of the six languages a respondent wrote in.
 
-    Create it once: it loads 39 of langdetect's profiles (~0.3 s, ~23 MB). ``detect`` is safe
-    to call
-    from several threads (each call builds its own langdetect ``Detector``, seeded, so answers
-    are repeatable; the profiles are read-only) and is quick enough for the event loop: well
-    under 1 ms for Arabic/Chinese/Cyrillic, ~2 ms for short Latin text, ~10 ms for Latin text
-    of 20+ letters (two langdetect runs), ~20-30 ms at most (the 2,000-character cap).
+    Create it once: it loads 39 of langdetect's profiles (~0.3 s, ~23 MB). ``detect`` is
+    safe to call from several threads (each call builds its own seeded langdetect
+    ``Detector``, so answers are repeatable; the profiles are read-only) and quick enough
+    for the event loop: under 1 ms for Arabic/Chinese/Cyrillic, ~2 ms for short Latin
+    text, ~10 ms for Latin text of 20+ letters (two langdetect runs), ~20-30 ms at most
+    (the 2,000-character cap).
     """
 
     def __init__(self, *, seed: int = SEED) -> None:
