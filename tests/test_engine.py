@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bot.engine import Engine, awaiting
 from bot.i18n import LANGUAGES
@@ -439,3 +441,29 @@ def test_chinese_word_limit_counts_characters() -> None:
 
     assert count_words("生物安全能力建设") == 8
     assert count_words("Training on 生物安全") == 6
+
+
+_COMMANDS = ["/back", "/skip", "/review", "/language", "/help", "/cancel", "/start", "/amend",
+             "edit 1", "edit 0", "DONE", "SUBMIT", "yes", "1", "1, 2", "2023-05", "ar", "zh"]
+_CODES = ["YES", "NO", "DONE", "SUBMIT", "AMEND", "PARTY_GOV", "OTHER", "fr", "ar", "XYZ", ""]
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(
+    st.tuples(st.just("text"), st.text(max_size=60)),
+    st.tuples(st.just("text"), st.sampled_from(_COMMANDS)),
+    st.tuples(st.just("choice"), st.sampled_from(_CODES)),
+), max_size=40), st.sampled_from([None, *LANGUAGES]))
+def test_any_sequence_of_messages_keeps_the_conversation_usable(engine: Engine, steps,
+                                                                lang) -> None:
+    chat = Chat(engine, lang)
+    chat.start()
+    for kind, value in steps:
+        replies = chat.press(value) if kind == "choice" else chat.say(value)
+        assert replies, (kind, value)  # never silent
+        assert all(r.text.strip() for r in replies)
+        assert chat.awaiting in {*engine.qn.questions, "language", "review", "done",
+                                 "cancelled"}
+        for key in chat.state["answers"]:
+            assert key.partition("@")[0] in engine.qn.questions

@@ -95,12 +95,12 @@ class AiohttpRequest(BaseRequest):
         )
         headers = None
         data: aiohttp.FormData | bytes | None = None
-        if uploads:
-            # quote_fields=False sends UTF-8 file names as-is, like httpx (and Telegram expects).
+        if request_data is not None and uploads:
+            # quote_fields=False sends UTF-8 file names as they are, as httpx does.
             form = aiohttp.FormData(quote_fields=False)
-            for name, value in request_data.json_parameters.items():  # type: ignore[union-attr]
+            for name, value in request_data.json_parameters.items():
                 form.add_field(name, value)
-            for name, (filename, content, mime) in request_data.multipart_data.items():  # type: ignore[union-attr]
+            for name, (filename, content, mime) in request_data.multipart_data.items():
                 form.add_field(name, content, filename=filename, content_type=mime)
             data = form
         elif request_data is not None:
