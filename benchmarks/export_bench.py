@@ -52,6 +52,15 @@ _COUNTRIES = ["ke", "fr", "cn", "ru", "eg", "mx", "br", "in", "ng", "za", "pe", 
 
 
 def _rss_mb() -> float:
+    """Peak RSS of this process. VmHWM belongs to the address space, so it starts afresh at
+    exec; ru_maxrss would carry the parent's peak over fork+exec on Linux."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

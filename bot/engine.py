@@ -81,8 +81,14 @@ class Engine:
             for cond in [sec.ask_if, *(q.ask_if for q in sec.questions)] if cond
             for ref in cond.questions()) | {
             sec.more_question for sec in questionnaire.sections if sec.more_question}
+        # Every answer slot a condition can look at (repeat instances spelled out).
+        repeated = {q.id for sec in questionnaire.sections if sec.repeat_max > 1
+                    for q in sec.questions}
+        max_repeat = max(sec.repeat_max for sec in questionnaire.sections)
+        self._trigger_keys = tuple(sorted(
+            slot_key(qid, r) for qid in self._triggers
+            for r in (range(max_repeat) if qid in repeated else (None,))))
         self._slot_cache: dict[tuple, list[Slot]] = {}
-        self._is_trigger: dict[str, bool] = {}
         self._label_cache: dict[tuple, tuple[tuple[str, str], ...]] = {}
         self._hint_cache: dict[tuple, tuple[str, ...]] = {}
         self._language_names: dict[str, str] = {}
@@ -116,18 +122,13 @@ class Engine:
         Only answers to questions that conditions look at can change the list, so it is
         memoized on those values: most turns reuse a list computed before.
         """
-        is_trigger = self._is_trigger
-        key = tuple((k, _frozen(v)) for k, v in answers.items()
-                    if is_trigger.get(k) or (k not in is_trigger and self._learn_trigger(k)))
+        key = tuple([tuple(v) if type(v) is list else v
+                     for v in map(answers.get, self._trigger_keys)])
         found = self._slot_cache.get(key)
         if found is None:
             if len(self._slot_cache) > 20_000:
                 self._slot_cache.clear()
             found = self._slot_cache[key] = self._compute_slots(answers)
-        return found
-
-    def _learn_trigger(self, key: str) -> bool:
-        found = self._is_trigger[key] = key.partition("@")[0] in self._triggers
         return found
 
     def _compute_slots(self, answers: dict[str, Any]) -> list[Slot]:
@@ -696,10 +697,6 @@ class Engine:
         else:
             text = self.tr.t(lang, err.key, **err.values)
         turn.replies.append(Reply(text, "error", lang))
-
-
-def _frozen(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
 
 
 def _looks_like_list(text: str) -> bool:

@@ -270,6 +270,9 @@ class ExportBatch:
     def rows(self, table: str) -> list[list[Any]]:
         return getattr(self, table)
 
+    def __bool__(self) -> bool:
+        return bool(self.submissions or self.activities or self.answers)
+
 
 class Exporter:
     """Turns stored submissions of one questionnaire into export rows, one pass, streaming.
@@ -428,12 +431,12 @@ class Exporter:
                         current, meta, rows = sid, row, []
                     if row[12] is not None:
                         rows.append(row[12:])
-                if batch.answers or batch.submissions:
+                if batch:
                     yield batch
                     batch = ExportBatch()
             if current is not None:
                 self._submission(meta, rows, batch, wanted)
-            if batch.answers or batch.submissions:
+            if batch:
                 yield batch
         finally:
             await result.close()
