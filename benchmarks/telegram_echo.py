@@ -1,7 +1,7 @@
 """Benchmark: a bare PTB echo bot under simulated Telegram users — the floor for capbot's bot.
 
 Run: python -m benchmarks.telegram_echo [--users 100] [--messages 1000]
-                                        [--transport aiohttp|httpx] [--concurrency 256]
+                                        [--transport aiohttp|http11|httpx] [--concurrency 256]
 Prints round trips/s, p50/p99 round-trip latency and the bot process's CPU ms per message.
 
 CPU attribution: FakeBotApi and the simulated users run in a child process, so
@@ -19,8 +19,7 @@ import json
 import statistics
 import sys
 import time
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +28,13 @@ from telegram import Update
 from telegram.ext import (
     Application,
     ApplicationBuilder,
-    BaseUpdateProcessor,
     ContextTypes,
     MessageHandler,
     filters,
 )
 
+from handlers.telegram.http11 import Http11Request
+from handlers.telegram.ordering import PerChatUpdateProcessor
 from handlers.telegram.request import AiohttpRequest
 from tests.telegram.fake_bot_api import FakeBotApi, polling
 
@@ -58,37 +58,6 @@ class Endpoint:
 ApplicationFactory = Callable[[Endpoint], Application | Awaitable[Application]]
 
 
-class PerChatUpdateProcessor(BaseUpdateProcessor):
-    """Processes up to N updates at once, but those of one chat one at a time, in order
-    (concurrent_updates=True alone lets a fast reply overtake a slow one in the same chat)."""
-
-    def __init__(self, max_concurrent_updates: int = 256) -> None:
-        super().__init__(max_concurrent_updates)
-        self._locks: dict[int, asyncio.Lock] = {}
-        self._users: defaultdict[int, int] = defaultdict(int)  # holders + waiters per chat
-
-    async def do_process_update(self, update: object, coroutine: Coroutine[Any, Any, Any]) -> None:
-        chat = update.effective_chat if isinstance(update, Update) else None
-        if chat is None:
-            await coroutine
-            return
-        lock = self._locks.setdefault(chat.id, asyncio.Lock())  # asyncio.Lock is FIFO
-        self._users[chat.id] += 1
-        try:
-            async with lock:
-                await coroutine
-        finally:
-            self._users[chat.id] -= 1
-            if not self._users[chat.id]:  # forget idle chats
-                del self._users[chat.id], self._locks[chat.id]
-
-    async def initialize(self) -> None:
-        pass
-
-    async def shutdown(self) -> None:
-        pass
-
-
 async def _echo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     await update.effective_message.reply_text(update.effective_message.text)
 
@@ -100,6 +69,8 @@ def make_echo_application(
     builder = endpoint.builder()
     if transport == "aiohttp":
         builder = builder.request(AiohttpRequest()).get_updates_request(AiohttpRequest())
+    elif transport == "http11":  # capbot's transport
+        builder = builder.request(Http11Request()).get_updates_request(Http11Request())
     if concurrency > 1:
         builder = builder.concurrent_updates(PerChatUpdateProcessor(concurrency))
     application = builder.build()
@@ -167,6 +138,7 @@ async def run_load(
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         cwd=REPO_ROOT,
+        limit=2**24,  # one JSON line carries every latency
     )
     assert fake.stdin is not None and fake.stdout is not None
 
@@ -210,7 +182,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=100)
     parser.add_argument("--messages", type=int, default=1000)
-    parser.add_argument("--transport", choices=("aiohttp", "httpx"), default="aiohttp")
+    parser.add_argument("--transport", choices=("aiohttp", "http11", "httpx"), default="aiohttp")
     parser.add_argument("--concurrency", type=int, default=256, help="1 = sequential updates")
     parser.add_argument("--serve-fake", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--json", action="store_true", help="JSON Lines in and out, for scripts")
     exp = sub.add_parser("export", help="write the answers as CSV files (directory or .zip)")
     exp.add_argument("--out", required=True, help="a directory, or a path ending in .zip")
-    exp.add_argument("--status", default="submitted", help="submitted | draft | all")
+    exp.add_argument("--status", default="submitted",
+                     help="submitted (default) | draft | cancelled | all")
     exp.add_argument("--since", help="only submissions updated on or after this date")
     exp.add_argument("--until", help="only submissions updated on or before this date")
     exp.add_argument("--channel", help="console | telegram | email")
@@ -36,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--split-multi", action="store_true",
                      help="one 0/1 column per option of each multi-choice question")
     stats = sub.add_parser("stats", help="progress of the reporting round")
-    stats.add_argument("--json", action="store_true")
+    stats.add_argument("--json", action="store_true", help="one JSON document")
+    stats.add_argument("--lang", help="labels in this language (default en)")
+    stats.add_argument("--questionnaire", help="questionnaire id (default: the default one)")
     sub.add_parser("detect-language", help="classify lines of standard input by language")
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)

@@ -34,7 +34,12 @@ class Settings(BaseSettings):
     telegram_webhook_url: str | None = None
     telegram_webhook_listen: str = "0.0.0.0"
     telegram_webhook_port: int = 8443
-    telegram_webhook_secret: str | None = None
+    telegram_webhook_secret: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,256}$")
+    # Telegram's flood limits: ~30 messages/s per bot (PTB's AIORateLimiter), and about one
+    # message per second in a private chat (short bursts allowed). Tests switch them off.
+    telegram_rate_limit: bool = True
+    telegram_chat_rate: float = Field(1.0, ge=0, description="messages/s per chat; 0 = off")
+    telegram_chat_burst: int = Field(3, ge=1)
 
     imap_host: str | None = None
     imap_port: int | None = None
@@ -42,13 +47,26 @@ class Settings(BaseSettings):
     imap_password: str | None = None
     imap_security: Literal["ssl", "plain"] = "ssl"
     imap_folder: str = "INBOX"
-    imap_processed_folder: str = "Processed"
+    imap_processed_folder: str = Field("Processed", min_length=1,
+                                       description="processed mail is moved to this folder")
     smtp_host: str | None = None
     smtp_port: int | None = None
     smtp_user: str | None = None
     smtp_password: str | None = None
     smtp_security: Literal["ssl", "starttls", "plain"] = "starttls"
+    imap_cafile: str | None = Field(None, description="CA bundle trusted for IMAPS "
+                                                     "(self-signed servers)")
+    imap_idle_seconds: float = Field(600.0, gt=0, description="restart IDLE this often (a "
+                                                             "silently dropped connection is "
+                                                             "noticed then)")
+    imap_poll_seconds: float = Field(60.0, gt=0, description="poll interval without IDLE; "
+                                                            "also the retry delay")
+    imap_use_idle: bool = True
+    smtp_cafile: str | None = Field(None, description="CA bundle trusted for SMTP TLS")
+    smtp_connections: int = Field(4, ge=1, le=20)
+    smtp_timeout: float = Field(30.0, gt=0)
     email_from: str | None = None
+    email_from_name: str | None = None
     email_max_bytes: int = 2_000_000
     email_daily_reply_cap: int = 30
     secret_key: str | None = None

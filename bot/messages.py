@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 InboundKind = Literal["start", "text", "choice", "unsupported"]
 ReplyKind = Literal["question", "info", "error", "review", "receipt", "language_menu"]
@@ -45,3 +46,5 @@ class Reply:
     choices: tuple[Choice, ...] = field(default_factory=tuple)
     multi: bool = False
     progress: str | None = None  # "Question 7 of 24 — About you", already localized
+    # Channel-specific fields merged into the outbox payload (email: subject, html, threading).
+    extra: Mapping[str, Any] | None = field(default=None, compare=False)

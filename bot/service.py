@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import secrets
+import sys
 import traceback
 from collections import defaultdict
 from collections.abc import Callable
@@ -35,7 +36,7 @@ logger = logging.getLogger(__name__)
 _REF_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"  # no 0/O, 1/I/L: read aloud and typed safely
 # Events kept in the audit log; answers have their own table.
 _LOGGED_EVENTS = frozenset({"started", "language", "submitted", "amend", "cancelled", "resumed",
-                            "invalid", "stale"})
+                            "invalid", "stale", "delegate"})
 TurnFn = Callable[[Engine, dict, Inbound, datetime, Any], Turn]
 
 
@@ -48,10 +49,13 @@ def new_reference() -> str:
 
 
 def reply_to_payload(reply: Reply) -> dict[str, Any]:
-    return {"text": reply.text, "kind": reply.kind, "language": reply.language,
-            "question": reply.question, "slot": reply.slot, "multi": reply.multi,
-            "progress": reply.progress,
-            "choices": [[c.code, c.label, c.selected] for c in reply.choices]}
+    payload = {"text": reply.text, "kind": reply.kind, "language": reply.language,
+               "question": reply.question, "slot": reply.slot, "multi": reply.multi,
+               "progress": reply.progress,
+               "choices": [[c.code, c.label, c.selected] for c in reply.choices]}
+    if reply.extra:
+        payload.update(reply.extra)
+    return payload
 
 
 @dataclass(slots=True)
@@ -186,11 +190,12 @@ class ConversationService:
     async def _fail(self, job: _Job) -> TurnResult:
         """The database refused the turn: keep the message and the reason, answer politely."""
         logger.exception("turn failed for %s/%s", job.inbound.channel, job.inbound.user_id)
-        import sys
-
         reason = "".join(traceback.format_exception_only(*sys.exc_info()[:2])).strip()[:2000]
         await self._record_failure(job.inbound, reason)
-        return TurnResult(failed=True)
+        engine = self.engine_for(None)
+        # Nothing could be written, so this reply is not in the outbox: the caller shows it.
+        return TurnResult([Reply(engine.tr.t("en", "error_internal"), "error", "en")],
+                          failed=True)
 
     # -- one batch, one transaction -------------------------------------------------------------
 

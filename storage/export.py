@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 import pycountry
-from sqlalchemy import String, and_, exists, select, type_coerce
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import String, and_, event, exists, func, select, type_coerce
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
-from bot.engine import Engine
 from bot.i18n import LANGUAGES, Translations
-from bot.questionnaire import MULTI_TYPES, Question, Questionnaire, default_questionnaire
-from storage.db import Database, create_engine
+from bot.questionnaire import (
+    MULTI_TYPES,
+    Condition,
+    Question,
+    Questionnaire,
+    default_questionnaire,
+)
+from storage.db import Database
 from storage.models import answers, respondents, submissions
 
 logger = logging.getLogger(__name__)
@@ -37,6 +47,7 @@ NAME_QUESTION = "R1_name"
 # (OWASP "CSV injection"); LF and the full-width forms that some spreadsheet locales fold to
 # ASCII are added for safety.
 FORMULA_TRIGGERS = frozenset("=+-@\t\r\n\uff1d\uff0b\uff0d\uff20")
+_RISKY_FIRST = FORMULA_TRIGGERS | {"'"}  # cells starting otherwise are left as they are
 _PLAIN_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 
 
@@ -82,7 +93,7 @@ def format_timestamp(value: Any) -> str:
     """UTC `YYYY-MM-DD HH:MM:SS` (Excel and pandas read it as a date-time); '' for null."""
     if value is None:
         return ""
-    if isinstance(value, str):  # SQLite: stored UTC text, read without parsing (fast path)
+    if isinstance(value, str):  # already text (formatted by the database)
         return value[:19].replace("T", " ")
     if value.tzinfo is not None:
         value = value.astimezone(UTC)
@@ -93,22 +104,43 @@ DatabaseLike = AsyncEngine | Database
 
 
 @contextlib.asynccontextmanager
-async def reading_engine(db: DatabaseLike) -> AsyncIterator[AsyncEngine]:
-    """The engine for a long read (export, statistics), given an AsyncEngine or a Database.
+async def reading_connection(db: DatabaseLike) -> AsyncIterator[AsyncConnection]:
+    """A connection for a long read (export, statistics) whose queries all see one snapshot.
 
-    On SQLite the application's engine holds a single connection, kept for conversation turns;
-    a long read gets its own short-lived engine, and WAL lets turns commit meanwhile. Elsewhere
-    the given engine's pool is used.
+    SQLite: a short-lived engine of its own (the application's engine keeps its single
+    connection for conversation turns) with an explicit BEGIN, so that several SELECTs share
+    one snapshot; WAL lets turns commit meanwhile. PostgreSQL: REPEATABLE READ, READ ONLY.
     """
     engine = db.engine if isinstance(db, Database) else db
-    database = engine.url.database
-    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:") or \
-            "mode=memory" in engine.url.render_as_string():
-        yield engine
+    if engine.dialect.name == "postgresql":
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="REPEATABLE READ",
+                                                postgresql_readonly=True)
+            yield conn
         return
-    reader = create_engine(engine.url.render_as_string(hide_password=False))
+    url = engine.url
+    if engine.dialect.name != "sqlite" or url.database in (None, "", ":memory:") or \
+            "memory" in str(url.query.get("mode", "")):
+        async with engine.connect() as conn:
+            yield conn
+        return
+    reader = create_async_engine(url, poolclass=NullPool, connect_args={"timeout": 30})
+
+    @event.listens_for(reader.sync_engine, "connect")
+    def _connect(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # the driver's implicit transactions off
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA query_only=ON")
+        cursor.close()
+
+    @event.listens_for(reader.sync_engine, "begin")
+    def _begin(conn) -> None:
+        conn.exec_driver_sql("BEGIN")  # deferred: the snapshot is taken at the first read
+
     try:
-        yield reader
+        async with reader.connect() as conn:
+            yield conn
     finally:
         await reader.dispose()
 
@@ -233,8 +265,6 @@ _SUBMISSION_META = ("submission_id", "reference", "version", "questionnaire_vers
                     "language", "status", "started_at", "updated_at", "submitted_at",
                     "completeness")
 _ACTIVITY_META = ("submission_id", "reference", "version", "repeat_index")
-_NUMERIC_META = frozenset({"submission_id", "version", "respondent_id", "repeat_index",
-                           "completeness"})
 
 # How a question column is filled from value_code.
 _TEXT, _NUMBER, _MONEY, _SINGLE, _MULTI, _COUNTRY, _COUNTRIES = range(7)
@@ -257,17 +287,22 @@ class _Fill:
     label_pos: int  # -1: no label column
     labels: dict[str, str] | None
     split: dict[str, int] | None  # option code -> column position (--split-multi)
+    simple: bool = False  # one column holding value_code as is (unless it looks like a formula)
+
+    def __post_init__(self) -> None:
+        self.simple = self.kind != _MONEY and self.label_pos < 0 and self.split is None
 
 
 @dataclass(slots=True)
 class ExportBatch:
-    """Rows built from a run of consecutive submissions; each list is ready for csv.writer."""
+    """Rows built from a run of consecutive submissions; each row is a sequence of cells ready
+    for csv.writer (str, int or None for an empty cell)."""
 
-    submissions: list[list[Any]] = field(default_factory=list)
-    activities: list[list[Any]] = field(default_factory=list)
-    answers: list[list[Any]] = field(default_factory=list)
+    submissions: list[Sequence[Any]] = field(default_factory=list)
+    activities: list[Sequence[Any]] = field(default_factory=list)
+    answers: list[Sequence[Any]] = field(default_factory=list)
 
-    def rows(self, table: str) -> list[list[Any]]:
+    def rows(self, table: str) -> list[Sequence[Any]]:
         return getattr(self, table)
 
     def __bool__(self) -> bool:
@@ -277,7 +312,8 @@ class ExportBatch:
 class Exporter:
     """Turns stored submissions of one questionnaire into export rows, one pass, streaming.
 
-    Rows are lists of `str`/`int` cells, already neutralised against formula injection.
+    Rows are sequences of cells (str, int, None for empty), already neutralised against
+    formula injection.
     """
 
     def __init__(self, questionnaire: Questionnaire, translations: Translations,
@@ -286,17 +322,29 @@ class Exporter:
         self.tr = translations
         self.options = options or ExportOptions()
         self.batch_rows = batch_rows
-        self._engine = Engine(questionnaire, translations)
         lang = self.options.lang
         self._label_cache: dict[str, dict[str, str]] = {}
         self._countries = translations.country_names(lang) if lang else {}
         self._sections = {s.id: i for i, s in enumerate(questionnaire.sections)}
-        self._repeated = {q.id for q in questionnaire.questions.values() if q.repeated}
         # Answer order in answers.csv: section, then activity, then question (as in the review).
         self._order = {q.id: self._sections[q.section] * 1_000_000 + i
                        for i, q in enumerate(questionnaire.questions.values())}
         self._unknown_order = len(questionnaire.sections) * 1_000_000
-        self._types = {q.id: q.type for q in questionnaire.questions.values()}
+        referenced = set()
+        for sec in questionnaire.sections:
+            conds = [sec.ask_if] + [c for q in sec.questions for c in (q.ask_if, q.required_if)]
+            for cond in conds:
+                referenced.update(cond.questions() if cond is not None else ())
+        # question id -> (repeated, number-typed, value split into a list for conditions)
+        self._info = {q.id: (q.repeated, q.type in NUMBER_TYPES,
+                             q.type in MULTI_TYPES and q.id in referenced)
+                      for q in questionnaire.questions.values()}
+        # Only questions that are or may be required count towards completeness.
+        self._required_plan = [
+            (_memo(sec.ask_if), sec.repeat_max, sec.more_question,
+             [(q.id, _memo(q.ask_if), q.required, _memo(q.required_if))
+              for q in sec.questions if q.required or q.required_if is not None])
+            for sec in questionnaire.sections]
         self.columns: dict[str, list[Column]] = {}
         self._fills: dict[str, dict[str, _Fill]] = {}
         top = [q for q in questionnaire.questions.values() if not q.repeated]
@@ -308,6 +356,7 @@ class Exporter:
             long.append("value_label")
         long += ["answered_at", "channel_message_id"]
         self.columns["answers"] = [Column(n, "meta") for n in long]
+        self._widths = {table: len(cols) for table, cols in self.columns.items()}
 
     # -- columns ---------------------------------------------------------------------------
 
@@ -389,59 +438,65 @@ class Exporter:
                                              a.c.value_code == opts.country)))
         return and_(*conds)
 
-    def _statement(self, conn: AsyncConnection):
-        sqlite = conn.dialect.name == "sqlite"
-
-        def ts(col):  # SQLite: the stored text as is, no per-row datetime parsing
-            return type_coerce(col, String) if sqlite else col
+    def _statements(self, conn: AsyncConnection):
+        """Submission versions, and their answers, both in submission id order; timestamps
+        come back as UTC text, so that an answer row as read is already an answers.csv row."""
+        ts = partial(_timestamp_text, conn.dialect.name)
 
         s, r, a = submissions, respondents, answers
-        return (
-            select(s.c.id, s.c.reference, s.c.version, s.c.questionnaire_version,
-                   s.c.respondent_id, r.c.display_name, s.c.channel, s.c.language, s.c.status,
-                   ts(s.c.started_at), ts(s.c.updated_at), ts(s.c.submitted_at),
-                   a.c.question_id, a.c.repeat_index, a.c.value_code, ts(a.c.answered_at),
-                   a.c.channel_message_id)
-            .select_from(s.outerjoin(r, r.c.id == s.c.respondent_id)
-                         .outerjoin(a, a.c.submission_id == s.c.id))
-            .where(self.selection())
-            .order_by(s.c.id)
-        )
+        where = self.selection()
+        meta = (select(s.c.id, s.c.reference, s.c.version, s.c.questionnaire_version,
+                       s.c.respondent_id, r.c.display_name, s.c.channel, s.c.language,
+                       s.c.status, ts(s.c.started_at), ts(s.c.updated_at),
+                       ts(s.c.submitted_at))
+                .select_from(s.outerjoin(r, r.c.id == s.c.respondent_id))
+                .where(where).order_by(s.c.id))
+        # Ordered by the submission (a.submission_id = s.id): on SQLite the plan walks the
+        # submissions in id order and each one's answers through the answers index, no sort.
+        rows = (select(a.c.submission_id, a.c.question_id, a.c.repeat_index, a.c.value_code,
+                       ts(a.c.answered_at), a.c.channel_message_id)
+                .select_from(s.join(a, a.c.submission_id == s.c.id))
+                .where(where).order_by(s.c.id))
+        return meta, rows
 
     # -- rows ------------------------------------------------------------------------------
 
     async def batches(self, conn: AsyncConnection,
                       tables: Iterable[str] = DATA_TABLES) -> AsyncIterator[ExportBatch]:
-        """One pass over the selected submissions and their answers, ordered by submission;
-        yields batches of ready rows. Memory is bounded by the batch size, not the data."""
+        """One pass over the selected submissions and their answers: two cursors in
+        submission order, merged here; yields batches of ready rows. Memory is bounded by the
+        batch size, never by the data. Use a snapshot connection (`reading_connection`) so that
+        both cursors see the same data."""
         wanted = set(tables)
-        stmt = self._statement(conn).execution_options(yield_per=self.batch_rows)
-        result = await conn.stream(stmt)
+        size = self.batch_rows
+        meta_stmt, rows_stmt = self._statements(conn)
+        metas = await conn.stream(meta_stmt.execution_options(yield_per=size))
+        answer_rows = await conn.stream(rows_stmt.execution_options(yield_per=size))
+        meta_parts = metas.partitions(size)
+        groups = _AnswerGroups(answer_rows.partitions(size))
         batch = ExportBatch()
-        current = None
-        meta: Any = None
-        rows: list[tuple] = []
+        consumed = 0  # answers (and submissions) read into this batch, whatever is wanted
         try:
-            async for partition in result.partitions():
-                for row in partition:
-                    sid = row[0]
-                    if sid != current:
-                        if current is not None:
-                            self._submission(meta, rows, batch, wanted)
-                        current, meta, rows = sid, row, []
-                    if row[12] is not None:
-                        rows.append(row[12:])
-                if batch:
-                    yield batch
-                    batch = ExportBatch()
-            if current is not None:
-                self._submission(meta, rows, batch, wanted)
+            while True:
+                await groups.idle()  # one database call at a time on this connection
+                meta_part = await anext(meta_parts, None)
+                if meta_part is None:
+                    break
+                for meta in meta_part:
+                    rows = await groups.take(meta[0])
+                    self._submission(meta, rows, batch, wanted)
+                    consumed += len(rows) + 1
+                    if consumed >= size:
+                        yield batch
+                        batch, consumed = ExportBatch(), 0
             if batch:
                 yield batch
         finally:
-            await result.close()
+            await groups.idle()
+            await answer_rows.close()
+            await metas.close()
 
-    async def rows(self, conn: AsyncConnection, table: str) -> AsyncIterator[list[Any]]:
+    async def rows(self, conn: AsyncConnection, table: str) -> AsyncIterator[Sequence[Any]]:
         """Every row of one file (header first), e.g. for a chat command or a test."""
         yield self.header(table)
         if table == "codebook":
@@ -454,34 +509,82 @@ class Exporter:
 
     def _submission(self, meta: Any, rows: list[tuple], batch: ExportBatch,
                     wanted: set[str]) -> None:
+        """All rows of one submission: answers.csv rows, its submissions.csv row and its
+        activities.csv rows, in one loop over its answers."""
         sid = meta[0]
         order, unknown = self._order, self._unknown_order
-        rows.sort(key=lambda a: order.get(a[0], unknown) + a[1] * 1000)
-        if "answers" in wanted:
-            self._long_rows(sid, rows, batch.answers)
-        if "submissions" in wanted:
-            batch.submissions.append(self._submission_row(meta, rows))
-        if "activities" in wanted and self._repeated:
-            self._activity_rows(meta, rows, batch.activities)
-
-    def _long_rows(self, sid: int, rows: list[tuple], out: list[list[Any]]) -> None:
-        types = self._types
+        rows.sort(key=lambda a: order.get(a[1], unknown) + a[2] * 1000)
+        long = batch.answers if "answers" in wanted else None
+        want_sub = "submissions" in wanted
+        acts = batch.activities if "activities" in wanted else None
         lang = self.options.lang
-        for qid, rep, code, answered_at, message_id in rows:
-            qtype = types.get(qid)
-            if code is None:
-                cell = ""
-            elif qtype in NUMBER_TYPES:
-                cell = number_cell(code)
+        info = self._info
+        sub_fills = self._fills["submissions"]
+        act_fills = self._fills["activities"]
+        sub_row: list[Any] = [""] * self._widths["submissions"] if want_sub else []
+        act_row: list[Any] = []
+        act_rep = -1
+        act_head = [sid, neutralise(meta[1]), meta[2]]
+        values: dict[str, Any] = {}  # question id -> value, outside the repeated section
+        per_rep: dict[int, dict[str, Any]] = {}  # activity -> question id -> value
+        fill = self._fill
+        risky = _RISKY_FIRST
+        for row in rows:
+            _sid, qid, rep, code, answered_at, message_id = row
+            known = info.get(qid)
+            if long is not None:
+                if (known is not None and (code is None or code[:1] not in risky)
+                        and (message_id is None or message_id[:1] not in risky)
+                        and type(answered_at) is str and not lang):
+                    long.append(row)  # most answers: the row as read is the CSV row
+                else:
+                    long.append(self._long_row(row, known, lang))
+            if known is None:
+                continue
+            repeated, _number, split_for_conditions = known
+            value = code.split(";") if split_for_conditions and code is not None else code
+            if repeated:
+                found = per_rep.get(rep)
+                if found is None:
+                    found = per_rep[rep] = {}
+                found[qid] = value
+                if acts is not None:
+                    if rep != act_rep:
+                        act_rep = rep
+                        act_row = [""] * self._widths["activities"]
+                        act_row[:4] = [*act_head, rep]
+                        acts.append(act_row)
+                    if code is not None:
+                        f = act_fills[qid]
+                        if f.simple and code[:1] not in risky:
+                            act_row[f.pos] = code
+                        else:
+                            fill(act_row, f, code)
             else:
-                cell = neutralise(code)
-            if lang:
-                label = self._value_label(qid, code) if code else ""
-                out.append([sid, neutralise(qid), rep, cell, label,
-                            format_timestamp(answered_at), neutralise(message_id or "")])
-            else:
-                out.append([sid, neutralise(qid), rep, cell, format_timestamp(answered_at),
-                            neutralise(message_id or "")])
+                values[qid] = value
+                if want_sub and code is not None:
+                    f = sub_fills[qid]
+                    if f.simple and code[:1] not in risky:
+                        sub_row[f.pos] = code
+                    else:
+                        fill(sub_row, f, code)
+        if want_sub:
+            batch.submissions.append(self._submission_row(meta, sub_row, values, per_rep))
+
+    def _long_row(self, row: Any, known: tuple | None, lang: str | None) -> list[Any]:
+        """An answers.csv row that needs work: neutralising, a label, a timestamp."""
+        sid, qid, rep, code, answered_at, message_id = row
+        if code is None:
+            cell = ""
+        elif known is not None and known[1]:
+            cell = number_cell(code)
+        else:
+            cell = neutralise(code)
+        out = [sid, qid if known is not None else neutralise(qid), rep, cell]
+        if lang:
+            out.append(self._value_label(qid, code) if code else "")
+        out += [format_timestamp(answered_at), neutralise(message_id) if message_id else ""]
+        return out
 
     def _value_label(self, qid: str, code: str) -> str:
         q = self.qn.questions.get(qid)
@@ -529,68 +632,61 @@ class Exporter:
                 if pos is not None:
                     row[pos] = 1
 
-    def _submission_row(self, meta: Any, rows: list[tuple]) -> list[Any]:
+    def _submission_row(self, meta: Any, row: list[Any], values: dict[str, Any],
+                        per_rep: dict[int, dict[str, Any]]) -> list[Any]:
         (sid, reference, version, qversion, respondent_id, display_name, channel, language,
-         status, started_at, updated_at, submitted_at) = meta[:12]
-        fills = self._fills["submissions"]
-        row: list[Any] = [""] * len(self.columns["submissions"])
-        name = organization = country = ""
-        values: dict[str, Any] = {}
-        for qid, rep, code, _at, _mid in rows:
-            question = self.qn.questions.get(qid)
-            if question is None:
-                continue
-            values[f"{qid}@{rep}" if question.repeated else qid] = _condition_value(
-                question, code)
-            if code is None or question.repeated:
-                continue
-            fill = fills.get(qid)
-            if fill is not None:
-                self._fill(row, fill, code)
-            if qid == NAME_QUESTION:
-                name = code
-            elif qid == ORGANIZATION_QUESTION:
-                organization = code
-            elif qid == COUNTRY_QUESTION:
-                country = code
+         status, started_at, updated_at, submitted_at) = meta
+        name = values.get(NAME_QUESTION) or display_name or ""
+        organization = values.get(ORGANIZATION_QUESTION) or ""
+        country = values.get(COUNTRY_QUESTION) or ""
         head = [sid, neutralise(reference), version, neutralise(qversion or ""),
-                respondent_id if respondent_id is not None else "",
-                neutralise(name or display_name or ""), neutralise(organization),
-                neutralise(country), neutralise(channel or ""), neutralise(language or ""),
-                neutralise(status), format_timestamp(started_at), format_timestamp(updated_at),
-                format_timestamp(submitted_at), self._completeness(values)]
+                respondent_id if respondent_id is not None else "", neutralise(name),
+                neutralise(organization), neutralise(country), neutralise(channel or ""),
+                neutralise(language or ""), neutralise(status), format_timestamp(started_at),
+                format_timestamp(updated_at), format_timestamp(submitted_at),
+                self._completeness(values, per_rep)]
         if self.options.lang:  # country_label follows country
             head.insert(8, country and neutralise(self._countries.get(country,
                                                                       country.upper())))
         row[:len(head)] = head
         return row
 
-    def _activity_rows(self, meta: Any, rows: list[tuple], out: list[list[Any]]) -> None:
-        fills = self._fills["activities"]
-        width = len(self.columns["activities"])
-        current_rep = None
-        row: list[Any] = []
-        for qid, rep, code, _at, _mid in rows:
-            fill = fills.get(qid)
-            if fill is None:
-                continue
-            if rep != current_rep:
-                current_rep = rep
-                row = [""] * width
-                row[:4] = [meta[0], neutralise(meta[1]), meta[2], rep]
-                out.append(row)
-            if code is not None:
-                self._fill(row, fill, code)
-
-    def _completeness(self, values: dict[str, Any]) -> str:
-        """Answered required questions / required questions that apply (engine's rules)."""
-        engine = self._engine
+    def _completeness(self, values: dict[str, Any],
+                      per_rep: dict[int, dict[str, Any]]) -> str:
+        """Answered required questions / required questions that apply, by the engine's rules
+        (section and question conditions; activities repeat while 'more' says YES; inside an
+        activity a question reads that activity's answer, else the one outside it)."""
+        get = values.get
         required = answered = 0
-        for slot in engine.slots(values):
-            if engine.is_required(slot, values):
-                required += 1
-                if values.get(slot.key) is not None:
-                    answered += 1
+        for ask_if, repeat_max, more, questions in self._required_plan:
+            if ask_if is not None and not ask_if.holds(get):
+                continue
+            if repeat_max == 1:
+                for qid, q_ask_if, always, required_if in questions:
+                    if q_ask_if is not None and not q_ask_if.holds(get):
+                        continue
+                    if always or required_if.holds(get):
+                        required += 1
+                        if get(qid) is not None:
+                            answered += 1
+                continue
+            rep = 0
+            while True:
+                own = per_rep.get(rep, _EMPTY)
+                here = {**values, **{k: v for k, v in own.items() if v is not None}}.get
+                last = rep + 1 >= repeat_max
+                for qid, q_ask_if, always, required_if in questions:
+                    if last and qid == more:
+                        continue
+                    if q_ask_if is not None and not q_ask_if.holds(here):
+                        continue
+                    if always or required_if.holds(here):
+                        required += 1
+                        if own.get(qid) is not None:
+                            answered += 1
+                if last or own.get(more) != "YES":
+                    break
+                rep += 1
         return f"{answered / required:.2f}" if required else ""
 
     # -- codebook --------------------------------------------------------------------------
@@ -686,6 +782,97 @@ CODEBOOK_HEADER = ("file", "column", "question_id", "section", "type", "required
                    "description")
 
 
+class _Memo:
+    """A condition whose result is memoized on the values of the questions it reads (most
+    reports share them), with the questionnaire model's own evaluation on a miss."""
+
+    __slots__ = ("cache", "condition", "refs", "single")
+
+    def __init__(self, condition: Condition) -> None:
+        self.condition = condition
+        self.refs = tuple(dict.fromkeys(condition.questions()))
+        self.single = self.refs[0] if len(self.refs) == 1 else None
+        self.cache: dict[Any, bool] = {}
+
+    def holds(self, get) -> bool:
+        if self.single is not None:
+            key = get(self.single)
+            if type(key) is list:
+                key = tuple(key)
+        else:
+            key = tuple([tuple(v) if type(v) is list else v for v in map(get, self.refs)])
+        found = self.cache.get(key)
+        if found is None:
+            if len(self.cache) >= 4096:
+                self.cache.clear()
+            found = self.cache[key] = self.condition.holds(get)
+        return found
+
+
+def _memo(condition: Condition | None) -> _Memo | None:
+    return _Memo(condition) if condition is not None else None
+
+
+class _AnswerGroups:
+    """Answer rows (ordered by submission id) regrouped per submission, C-level `groupby` over
+    each fetched partition; the next partition is fetched while the current one is used."""
+
+    def __init__(self, parts: AsyncIterator[Any]) -> None:
+        self._parts = parts
+        self._pending: asyncio.Future | None = asyncio.ensure_future(anext(parts, None))
+        self._groups: Iterator[Any] = iter(())
+        self._head: tuple[int, list[Any]] | None = None
+
+    async def idle(self) -> None:
+        """Wait until no fetch is in flight (the result is kept for later)."""
+        if self._pending is not None:
+            await asyncio.wait([self._pending])
+
+    async def _next_group(self) -> tuple[int, list[Any]] | None:
+        while True:
+            group = next(self._groups, None)
+            if group is not None:
+                return group[0], list(group[1])
+            if self._pending is None:
+                return None
+            part = await self._pending
+            if part is None:
+                self._pending = None
+                return None
+            self._pending = asyncio.ensure_future(anext(self._parts, None))
+            self._groups = groupby(part, key=_FIRST)
+
+    async def take(self, sid: int) -> list[Any]:
+        """The rows of submission `sid` (possibly spanning partitions); rows of submissions
+        before it, which the selection no longer holds, are skipped."""
+        found: list[Any] = []
+        while True:
+            group = self._head or await self._next_group()
+            self._head = None
+            if group is None:
+                return found
+            if group[0] < sid:
+                continue
+            if group[0] > sid:
+                self._head = group
+                return found
+            found += group[1]
+
+
+_FIRST = itemgetter(0)
+_EMPTY: dict[str, Any] = {}
+
+
+def _timestamp_text(dialect: str, column):
+    """The column as UTC 'YYYY-MM-DD HH:MM:SS' text, computed by the database."""
+    if dialect == "sqlite":  # stored as UTC text with microseconds
+        return func.substr(type_coerce(column, String), 1, 19).label(column.name)
+    if dialect == "postgresql":
+        return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD HH24:MI:SS").label(
+            column.name)
+    return column  # formatted in Python (format_timestamp)
+
+
 def _row(cells: list[Any]) -> list[Any]:
     return [neutralise(c) if isinstance(c, str) else c for c in cells]
 
@@ -704,15 +891,6 @@ def _kind(q: Question) -> int:
     if q.type == "multi_country":
         return _COUNTRIES
     return _TEXT
-
-
-def _condition_value(q: Question, code: str | None) -> Any:
-    """The engine's value shape, rebuilt from value_code, as far as conditions need it."""
-    if code is None:
-        return None
-    if q.type in MULTI_TYPES:
-        return code.split(";") if code else []
-    return code
 
 
 def _required(q: Question) -> str:

@@ -178,3 +178,14 @@ def answer_row(submission_id: int, qid: str, repeat: int, value: Any, now: datet
 
 def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def set_unreachable(conn: Connection, *, channel: str, user_id: str, unreachable: bool,
+                    now: datetime) -> int:
+    """Mark a respondent (un)reachable on its channel (bot blocked, address bouncing)."""
+    stmt = (update(respondents)
+            .where(and_(respondents.c.channel == channel,
+                        respondents.c.channel_user_id == user_id,
+                        respondents.c.unreachable != unreachable))
+            .values(unreachable=unreachable, updated_at=now))
+    return conn.execute(stmt).rowcount

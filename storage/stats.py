@@ -9,12 +9,12 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import and_, case, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.i18n import LANGUAGES, Translations
 from bot.questionnaire import Question, Questionnaire
-from storage.export import DatabaseLike, reading_engine
+from storage.export import DatabaseLike, reading_connection
 from storage.models import answers, respondents, submissions
 
 logger = logging.getLogger(__name__)
@@ -29,19 +29,19 @@ NONE = "(none)"
 _STOP_ROWS = 10
 
 
-def _effective():
-    """The version of each reference that counts: its latest submitted version, or, if it was
-    never submitted, its latest version. An amendment in progress does not un-submit a report."""
+def _effective(questionnaire_id: str):
+    """FROM clause: the version of each report (reference) that counts, joined as `submissions`:
+    its latest submitted version, or, if it was never submitted, its latest version. An
+    amendment in progress does not un-submit a report. (One grouped pass over the
+    (reference, version) index; no correlated subqueries.)"""
     s = submissions
-    newer = submissions.alias("newer")
-    any_submitted = submissions.alias("any_submitted")
-    newer_submitted = and_(newer.c.reference == s.c.reference, newer.c.version > s.c.version,
-                           newer.c.status == "submitted")
-    newer_any = and_(newer.c.reference == s.c.reference, newer.c.version > s.c.version)
-    never_submitted = ~exists().where(and_(any_submitted.c.reference == s.c.reference,
-                                           any_submitted.c.status == "submitted"))
-    return or_(and_(s.c.status == "submitted", ~exists().where(newer_submitted)),
-               and_(never_submitted, ~exists().where(newer_any)))
+    v = (select(s.c.reference,
+                func.max(case((s.c.status == "submitted", s.c.version))).label("submitted_v"),
+                func.max(s.c.version).label("last_v"))
+         .where(s.c.questionnaire_id == questionnaire_id)
+         .group_by(s.c.reference).subquery("effective"))
+    return v.join(s, and_(s.c.reference == v.c.reference,
+                          s.c.version == func.coalesce(v.c.submitted_v, v.c.last_v)))
 
 
 async def collect_stats(db: DatabaseLike | AsyncConnection, questionnaire: Questionnaire,
@@ -51,29 +51,31 @@ async def collect_stats(db: DatabaseLike | AsyncConnection, questionnaire: Quest
     streams the respondents' conversation states."""
     if isinstance(db, AsyncConnection):
         return await _collect(db, questionnaire, translations)
-    async with reading_engine(db) as engine, engine.connect() as conn:
+    async with reading_connection(db) as conn:
         return await _collect(conn, questionnaire, translations)
 
 
 async def _collect(conn: AsyncConnection, qn: Questionnaire,
                    tr: Translations) -> dict[str, Any]:
     s = submissions
-    base = and_(s.c.questionnaire_id == qn.id, _effective())
+    effective = _effective(qn.id)
     labels = _Labels(qn, tr)
 
     async def grouped(column, question: str | None = None) -> list[tuple[Any, str, int]]:
         if question is None:
-            stmt = select(column, s.c.status, func.count()).where(base).group_by(column,
-                                                                                 s.c.status)
+            stmt = (select(column, s.c.status, func.count()).select_from(effective)
+                    .group_by(column, s.c.status))
         else:
             a = answers
-            join = s.outerjoin(a, and_(a.c.submission_id == s.c.id, a.c.question_id == question,
-                                       a.c.repeat_index == 0))
+            join = effective.outerjoin(a, and_(a.c.submission_id == s.c.id,
+                                               a.c.question_id == question,
+                                               a.c.repeat_index == 0))
             stmt = (select(a.c.value_code, s.c.status, func.count()).select_from(join)
-                    .where(base).group_by(a.c.value_code, s.c.status))
+                    .group_by(a.c.value_code, s.c.status))
         return [tuple(r) for r in (await conn.execute(stmt)).all()]
 
-    by_status = Counter({status: n for _v, status, n in await grouped(s.c.status)})
+    statuses = await grouped(s.c.status)
+    by_status = Counter({status: n for _v, status, n in statuses})
     amended = (await conn.execute(select(func.count(func.distinct(s.c.reference))).where(
         and_(s.c.questionnaire_id == qn.id, s.c.version > 1)))).scalar_one()
     newer = submissions.alias("newer")
@@ -81,21 +83,17 @@ async def _collect(conn: AsyncConnection, qn: Questionnaire,
         s.c.questionnaire_id == qn.id, s.c.status != "submitted", s.c.version > 1,
         ~exists().where(and_(newer.c.reference == s.c.reference,
                              newer.c.version > s.c.version)))))).scalar_one()
-    n_respondents = (await conn.execute(select(func.count()).select_from(respondents))
-                     ).scalar_one()
-
     stats: dict[str, Any] = {
         "questionnaire": qn.id,
         "generated_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "totals": {
-            "respondents": n_respondents,
+            "respondents": 0,  # set from the funnel: respondents of this questionnaire
             "reports": sum(by_status.values()),
             **{status: by_status.get(status, 0) for status in STATUS_ORDER},
             "amended": amended,
             "amendments_in_progress": amending,
         },
-        "by_status": _table(((st, st, n) for st, _s, n in await grouped(s.c.status)),
-                            lambda code: {}),
+        "by_status": _table(statuses, lambda code: {}),
         "by_language": _table(await grouped(s.c.language), labels.language),
         "by_channel": _table(await grouped(s.c.channel), lambda code: {}),
         "by_country": _table(await grouped(None, COUNTRY_QUESTION), labels.country),
@@ -103,6 +101,7 @@ async def _collect(conn: AsyncConnection, qn: Questionnaire,
                               labels.option_of(ORG_TYPE_QUESTION)),
     }
     stats["funnel"], stats["drafts_stop"] = await _funnel(conn, qn, labels)
+    stats["totals"]["respondents"] = stats["funnel"][0]["respondents"]
     stats["activity_areas"] = await _areas(conn, qn, labels, ACTIVITY_AREAS_QUESTION,
                                            per_activity=True)
     stats["need_areas"] = await _areas(conn, qn, labels, NEED_AREAS_QUESTION,
@@ -180,7 +179,7 @@ async def _funnel(conn: AsyncConnection, qn: Questionnaire,
     stop_question: Counter = Counter()
     total = 0
     result = await conn.stream(select(respondents.c.state).execution_options(yield_per=1000))
-    async for partition in result.partitions():
+    async for partition in result.partitions(2000):
         for (state,) in partition:
             if not isinstance(state, dict) or state.get("questionnaire") != qn.id:
                 continue
@@ -237,11 +236,11 @@ async def _areas(conn: AsyncConnection, qn: Questionnaire, labels: _Labels, qid:
     if q is None:
         return []
     s, a = submissions, answers
-    base = and_(s.c.questionnaire_id == qn.id, s.c.status == "submitted", _effective())
     wanted = [qid] + ([top] if top and top in qn.questions else [])
     stmt = (select(a.c.submission_id, a.c.question_id, a.c.value_code)
-            .select_from(s.join(a, a.c.submission_id == s.c.id))
-            .where(and_(base, a.c.question_id.in_(wanted), a.c.value_code.is_not(None)))
+            .select_from(_effective(qn.id).join(a, a.c.submission_id == s.c.id))
+            .where(and_(s.c.status == "submitted", a.c.question_id.in_(wanted),
+                        a.c.value_code.is_not(None)))
             .order_by(a.c.submission_id)
             .execution_options(yield_per=2000))
     mentions: Counter = Counter()
@@ -250,7 +249,7 @@ async def _areas(conn: AsyncConnection, qn: Questionnaire, labels: _Labels, qid:
     seen: set[str] = set()  # codes already counted for the current report
     last_sid = None
     result = await conn.stream(stmt)
-    async for partition in result.partitions():
+    async for partition in result.partitions(2000):
         for sid, question, code in partition:
             if sid != last_sid:
                 seen.clear()

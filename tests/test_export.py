@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
+import os
+import subprocess
+import sys
 import zipfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -15,7 +19,7 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from bot.app import App, build_app
 from bot.config import load_settings
@@ -29,6 +33,7 @@ from storage.export import (
     ExportOptions,
     neutralise,
     number_cell,
+    reading_connection,
     restore,
 )
 from storage.export_cli import export_dir, export_zip, run_export
@@ -136,6 +141,21 @@ async def three_reports(app: App) -> None:
 # -- reading back -------------------------------------------------------------------------------
 
 
+def assert_excel_layout(data: bytes) -> None:
+    """A BOM, and every record ends with CRLF (a line break inside a quoted field may not)."""
+    assert data.startswith(b"\xef\xbb\xbf")
+    text = data.decode("utf-8-sig")
+    assert text.endswith("\r\n")
+    quoted = False
+    for i, ch in enumerate(text):
+        if ch == '"':
+            quoted = not quoted  # a doubled quote inside a field toggles twice
+        elif not quoted and ch == "\n":
+            assert text[i - 1] == "\r", text[max(0, i - 40):i]
+        elif not quoted and ch == "\r":
+            assert text[i + 1] == "\n", text[max(0, i - 40):i]
+
+
 def read_csv_module(data: bytes) -> list[dict[str, str]]:
     assert data.startswith(b"\xef\xbb\xbf"), "UTF-8 BOM for Excel"
     text = data.decode("utf-8-sig")
@@ -198,8 +218,7 @@ async def test_three_languages_zip_and_dir_every_answer_once(any_app: App, tmp_p
     files = await export_files(app, tmp_path / "x.zip")
     assert sorted(files) == ["activities.csv", "answers.csv", "codebook.csv", "submissions.csv"]
     for name, data in files.items():
-        assert b"\r\n" in data and b"\n" not in data.replace(b"\r\n", b"").replace(
-            b'\n"', b"").split(b'"')[0], name
+        assert_excel_layout(data)
         assert read_csv_module(data) == read_pandas(data).to_dict("records"), name
 
     long = read_pandas(files["answers.csv"])
@@ -469,6 +488,20 @@ async def test_amounts_and_negative_numbers_are_not_mangled(app: App, tmp_path: 
 # -- formula neutralisation and Unicode round trip ----------------------------------------------
 
 
+async def test_reading_connection_sees_one_snapshot(any_app: App):
+    """Both cursors of an export read the same data while conversations commit meanwhile."""
+    app = any_app
+    await converse(app, "fr1", "fr", french_two_activities())
+    count = select(func.count()).select_from(answers)
+    async with reading_connection(app.db) as conn:
+        before = (await conn.execute(count)).scalar_one()
+        await converse(app, "zh1", "zh", chinese_one_activity())  # commits meanwhile
+        during = (await conn.execute(count)).scalar_one()
+    async with reading_connection(app.db) as conn:
+        after = (await conn.execute(count)).scalar_one()
+    assert before == during < after
+
+
 @pytest.mark.parametrize("text,expected", [
     ("=1+1", "'=1+1"), ("+33 1 23", "'+33 1 23"), ("-x", "'-x"), ("@SUM(A1)", "'@SUM(A1)"),
     ("\t=1", "'\t=1"), ("\r=1", "'\r=1"), ("\n=1", "'\n=1"), ("＝1+1", "'＝1+1"),
@@ -490,8 +523,7 @@ def test_number_cells(text: str, expected: str):
 
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(texts=st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",),
-                                                     blacklist_characters="\x00"),
+@given(texts=st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)),
                               max_size=60), min_size=1, max_size=4))
 async def test_unicode_round_trip(app: App, tmp_path_factory: pytest.TempPathFactory,
                                   texts: list[str]):
@@ -625,6 +657,48 @@ async def test_cli_writes_zip_and_directory(app: App, tmp_path: Path, capsys):
     assert not [p for p in (tmp_path / "d").iterdir() if p.name.startswith(".")]
 
 
+def _capbot(args: list[str], db_url: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The real command line, as the Secretariat runs it."""
+    env = {**os.environ, "CAPBOT_DATABASE_URL": db_url}
+    return subprocess.run([sys.executable, "-m", "bot", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300, check=False)
+
+
+async def test_capbot_command_end_to_end(app: App, tmp_path: Path):
+    """fr, ar, zh reports; `capbot export --out x.zip`, `--out DIR --lang ar`; every file read
+    with pandas and csv; bad input exits with 2 and one line naming the option."""
+    await three_reports(app)
+    url = str(app.db.url)
+    done = _capbot(["export", "--out", "x.zip"], url, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("wrote x.zip (cpb_cb_survey): 3 submissions, 3 activities")
+    done = _capbot(["export", "--out", "dir", "--lang", "ar"], url, tmp_path)
+    assert done.returncode == 0, done.stderr
+    stored = await stored_answers(app)
+    for files in (zip_files(tmp_path / "x.zip"), dir_files(tmp_path / "dir")):
+        for name, data in files.items():
+            assert read_csv_module(data) == read_pandas(data).to_dict("records"), name
+        long = read_csv_module(files["answers.csv"])
+        assert sorted((int(r["submission_id"]), r["question_id"], int(r["repeat_index"]),
+                       restore(r["value_code"]) or None) for r in long) == \
+            sorted((sid, q, rep, code or None) for sid, q, rep, code in stored)
+        orgs = {r["language"]: r["organization"]
+                for r in read_csv_module(files["submissions.csv"])}
+        assert orgs["ar"] == "'" + FORMULA
+    assert "R4_orgtype_label" in read_pandas(dir_files(tmp_path / "dir")["submissions.csv"])
+    for args, option in ((["--status", "final"], "--status"), (["--since", "1/2/2024"],
+                                                                 "--since"),
+                         (["--out", "/nonexistent/x.zip"], "--out")):
+        argv = ["export", "--out", "y.zip", *args] if args[0] != "--out" else ["export", *args]
+        done = _capbot(argv, url, tmp_path)
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stderr.startswith(f"capbot export: {option}: ")
+        assert done.stderr.count("\n") == 1
+    assert not (tmp_path / "y.zip").exists()
+    done = _capbot(["stats", "--json"], url, tmp_path)
+    assert done.returncode == 0 and json.loads(done.stdout)["totals"]["submitted"] == 3
+
+
 async def test_failed_export_leaves_no_file(app: App, tmp_path: Path, monkeypatch):
     await three_reports(app)
 
@@ -648,7 +722,7 @@ async def test_rows_api_and_batches(app: App):
     await three_reports(app)
     exporter = Exporter(app.questionnaire, app.translations, ExportOptions(lang="fr"),
                         batch_rows=7)  # many small batches: submissions span batch borders
-    async with app.db.connect() as conn:
+    async with reading_connection(app.db) as conn:
         rows = [row async for row in exporter.rows(conn, "answers")]
         subs = [row async for row in exporter.rows(conn, "submissions")]
         book = [row async for row in exporter.rows(conn, "codebook")]

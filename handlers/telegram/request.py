@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import aiohttp
 from telegram.error import NetworkError, TimedOut
 from telegram.request import BaseRequest, RequestData
@@ -115,3 +117,73 @@ class AiohttpRequest(BaseRequest):
             raise TimedOut from exc
         except aiohttp.ClientError as exc:
             raise NetworkError(f"aiohttp.{type(exc).__name__}: {exc}") from exc
+
+
+class RawUpdatesRequest(BaseRequest):
+    """Wraps the `get_updates_request` to keep each update exactly as Telegram sent it, by
+    update_id: the parsed JSON and its text (`pop_raw`), so the bot can log the raw payload
+    without re-serializing PTB's objects. Bounded: entries nobody asked for are forgotten
+    oldest first."""
+
+    __slots__ = ("_inner", "_max_kept", "_raw")
+
+    def __init__(self, inner: BaseRequest, *, max_kept: int = 10_000) -> None:
+        self._inner = inner
+        self._raw: dict[int, tuple[dict, str]] = {}
+        self._max_kept = max_kept
+
+    @property
+    def read_timeout(self) -> float | None:
+        return self._inner.read_timeout
+
+    async def initialize(self) -> None:
+        await self._inner.initialize()
+
+    async def shutdown(self) -> None:
+        await self._inner.shutdown()
+
+    async def do_request(self, url: str, method: str, request_data: RequestData | None = None,
+                         read_timeout: object = BaseRequest.DEFAULT_NONE,
+                         write_timeout: object = BaseRequest.DEFAULT_NONE,
+                         connect_timeout: object = BaseRequest.DEFAULT_NONE,
+                         pool_timeout: object = BaseRequest.DEFAULT_NONE) -> tuple[int, bytes]:
+        status, body = await self._inner.do_request(
+            url, method, request_data, read_timeout,  # type: ignore[arg-type]
+            write_timeout, connect_timeout, pool_timeout)  # type: ignore[arg-type]
+        if status == 200 and url.endswith("/getUpdates"):
+            for update, text in split_updates(body):
+                self._raw[update["update_id"]] = (update, text)
+            while len(self._raw) > self._max_kept:
+                del self._raw[next(iter(self._raw))]
+        return status, body
+
+    def pop_raw(self, update_id: int) -> tuple[dict, str] | None:
+        return self._raw.pop(update_id, None)
+
+
+_DECODER = json.JSONDecoder()
+_SPACE = " \t\r\n,"
+
+
+def split_updates(body: bytes) -> list[tuple[dict, str]]:
+    """(update, its JSON text) for each update of a getUpdates answer, in one parsing pass;
+    [] when the answer is not the expected shape."""
+    text = body.decode("utf-8", "replace")
+    start = text.find('"result"')
+    start = text.find("[", start) if start >= 0 else -1
+    if start < 0:
+        return []
+    out = []
+    at = start + 1
+    try:
+        while True:
+            while at < len(text) and text[at] in _SPACE:
+                at += 1
+            if at >= len(text) or text[at] == "]":
+                return out
+            update, end = _DECODER.raw_decode(text, at)
+            if isinstance(update, dict) and isinstance(update.get("update_id"), int):
+                out.append((update, text[at:end]))
+            at = end
+    except ValueError:
+        return out

@@ -1,0 +1,417 @@
+"""The Telegram channel: python-telegram-bot driven inside capbot's event loop, as a courier.
+
+Updates come by long polling (default) or by webhook (CAPBOT_TELEGRAM_WEBHOOK_URL), are
+processed concurrently across chats and in order within a chat, translated to neutral inbound
+messages and handed to the conversation service. Replies leave through the outbox dispatcher
+after the turn is committed, paced to Telegram's flood limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from telegram import BotCommand, BotCommandScopeChat, Update
+from telegram.error import BadRequest, InvalidToken, NetworkError, TelegramError
+from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
+
+from bot.config import ConfigError
+from bot.engine import awaiting_key
+from bot.i18n import LANGUAGES
+from bot.outbox import OutboxDispatcher, OutboxItem
+from bot.service import TurnResult
+from handlers.telegram.admin import AdminCommands
+from handlers.telegram.http11 import Http11Request
+from handlers.telegram.ordering import PerChatUpdateProcessor
+from handlers.telegram.ratelimit import ChatRateLimiter
+from handlers.telegram.request import RawUpdatesRequest
+from handlers.telegram.sender import TelegramSender, TurnHint
+from handlers.telegram.translate import (
+    CHANNEL,
+    CallbackCodec,
+    TelegramEvent,
+    language_of,
+    parse_update,
+)
+from storage import repository as repo
+
+if TYPE_CHECKING:
+    from bot.app import App
+
+logger = logging.getLogger(__name__)
+
+ALLOWED_UPDATES = ("message", "edited_message", "callback_query", "my_chat_member",
+                   "channel_post")
+USER_COMMANDS = ("start", "back", "skip", "review", "language", "help", "cancel")
+ADMIN_COMMANDS = ("export", "stats")
+GROUP_NOTE_INTERVAL = 600.0  # seconds: explain at most this often per group
+
+
+def webhook_secret(settings: Any) -> str:
+    """The configured secret, else one derived from the token: stable across restarts and
+    replicas, unknown to anyone without the token."""
+    if settings.telegram_webhook_secret:
+        return settings.telegram_webhook_secret
+    return hashlib.sha256(b"capbot-webhook:" + settings.telegram_token.encode()).hexdigest()
+
+
+def file_url(api_url: str) -> str:
+    """Telegram serves files under /file/bot<token>/ next to /bot<token>/."""
+    base = api_url.rstrip("/")
+    return base[: -len("bot")] + "file/bot" if base.endswith("/bot") else base + "/file/bot"
+
+
+class TelegramChannel:
+    """`capbot serve`'s Telegram channel: `await start()`, `await stop()`."""
+
+    name = CHANNEL
+
+    def __init__(self, app: App, *, concurrency: int = 256, poll_timeout: float = 10.0,
+                 start_attempts: int = 5) -> None:
+        self.app = app
+        self.start_attempts = start_attempts
+        self.settings = app.settings
+        if not self.settings.telegram_token:
+            raise ValueError("TelegramChannel needs CAPBOT_TELEGRAM_TOKEN")
+        self.poll_timeout = poll_timeout
+        self.codec = CallbackCodec.for_questionnaires(app.questionnaires.values())
+        self.processor = PerChatUpdateProcessor(concurrency)
+        self.application = self._build_application()
+        self.sender = TelegramSender(self.application.bot, self.codec)
+        self.dispatcher = OutboxDispatcher(app.database, CHANNEL, self.sender.send,
+                                           on_unreachable=self._unreachable,
+                                           max_attempts=30, concurrency=concurrency)
+        self.admin = AdminCommands(app, self.sender, self.notify)
+        self._running = False
+        self._listening = False
+        self._tasks: set[asyncio.Task] = set()
+        self._group_notes: dict[int, float] = {}
+        self._bot_id = 0
+        self._bot_username: str | None = None
+        self.updates_handled = 0  # for monitoring, and for tests to wait on
+        self._handled = asyncio.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def _build_application(self) -> Application:
+        s = self.settings
+        self._updates_request = RawUpdatesRequest(Http11Request())
+        self._request = Http11Request()
+        builder = (ApplicationBuilder().token(s.telegram_token)
+                   .request(self._request)
+                   .get_updates_request(self._updates_request)
+                   .concurrent_updates(self.processor)
+                   .job_queue(None))
+        if s.telegram_api_url:
+            builder = builder.base_url(s.telegram_api_url).base_file_url(
+                file_url(s.telegram_api_url))
+        if s.telegram_rate_limit or s.telegram_chat_rate > 0:
+            builder = builder.rate_limiter(ChatRateLimiter(
+                overall_max_rate=30 if s.telegram_rate_limit else 0,
+                chat_rate=s.telegram_chat_rate, chat_burst=s.telegram_chat_burst))
+        application = builder.build()
+        application.add_handler(TypeHandler(Update, self._on_update))
+        application.add_error_handler(self._on_error)
+        return application
+
+    @property
+    def webhook_mode(self) -> bool:
+        return bool(self.settings.telegram_webhook_url)
+
+    async def start(self) -> None:
+        await self._initialize(self.start_attempts)
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _initialize(self, attempts: int = 5) -> None:
+        """getMe, with a few retries while the network comes up; a rejected token is a
+        configuration error."""
+        s = self.settings
+        for attempt in range(1, attempts + 1):
+            try:
+                await self.application.initialize()
+                return
+            except InvalidToken as exc:
+                await self._close_requests()
+                raise ConfigError(f"CAPBOT_TELEGRAM_TOKEN: rejected by the Bot API ({exc})"
+                                  ) from None
+            except NetworkError as exc:
+                await self._close_requests()
+                where = s.telegram_api_url or "https://api.telegram.org/bot"
+                if attempt == attempts:
+                    raise ConfigError(f"telegram: cannot reach the Bot API at {where} ({exc});"
+                                      " check the network or CAPBOT_TELEGRAM_API_URL") from None
+                logger.warning("telegram: Bot API unreachable (%s); retrying", exc)
+                await asyncio.sleep(min(30.0, 2.0 ** attempt))
+
+    async def _close_requests(self) -> None:
+        for request in (self._request, self._updates_request):
+            with contextlib.suppress(Exception):
+                await request.shutdown()
+
+    async def _start(self) -> None:
+        application = self.application
+        self._bot_id, self._bot_username = application.bot.id, application.bot.username
+        if not self._listening:
+            self.app.service.on_outbox(self._on_outbox)
+            self._listening = True
+        self._running = True
+        await self.dispatcher.start()  # replies left pending by the last run go first
+        await application.start()
+        updater = application.updater
+        assert updater is not None
+        if self.webhook_mode:
+            s = self.settings
+            url = s.telegram_webhook_url
+            await updater.start_webhook(
+                listen=s.telegram_webhook_listen, port=s.telegram_webhook_port,
+                url_path=urlsplit(url).path.lstrip("/"), webhook_url=url,
+                secret_token=webhook_secret(s), allowed_updates=list(ALLOWED_UPDATES),
+                max_connections=40)
+            logger.info("telegram: webhook on %s:%s for %s", s.telegram_webhook_listen,
+                        s.telegram_webhook_port, url)
+        else:
+            await updater.start_polling(
+                poll_interval=0, timeout=timedelta(seconds=self.poll_timeout),
+                allowed_updates=list(ALLOWED_UPDATES), error_callback=self._polling_error)
+            logger.info("telegram: long polling as @%s", self._bot_username)
+        await self.set_commands()
+
+    async def stop(self) -> None:
+        """Stop fetching, finish the updates already fetched, send what they committed."""
+        application = self.application
+        if application.updater is not None and application.updater.running:
+            await application.updater.stop()
+        if application.running:
+            await application.stop()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, 5)
+        self._running = False
+        await self.dispatcher.stop()
+        await application.shutdown()
+
+    async def wait_idle(self) -> None:
+        """Until every reply committed so far has been sent (tests, benchmarks)."""
+        await self.dispatcher.wait_idle()
+
+    def _on_outbox(self, items: list[OutboxItem]) -> None:
+        if self._running:
+            self.dispatcher.enqueue(items)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def set_commands(self) -> None:
+        """The command menu in each language (Telegram picks by the user's app language);
+        admins also see /export and /stats."""
+        tr = self.app.translations
+        bot = self.application.bot
+
+        def commands(lang: str, names: tuple[str, ...]) -> list[BotCommand]:
+            return [BotCommand(n, tr.t(lang, f"telegram.commands.{n}")[:256]) for n in names]
+
+        calls: list[tuple[list[BotCommand], Any, str | None]] = [
+            (commands("en", USER_COMMANDS), None, None)]
+        calls += [(commands(lang, USER_COMMANDS), None, lang) for lang in LANGUAGES]
+        for admin in self.settings.telegram_admins:
+            scope = BotCommandScopeChat(admin)
+            everything = USER_COMMANDS + ADMIN_COMMANDS
+            calls.append((commands("en", everything), scope, None))
+            calls += [(commands(lang, everything), scope, lang) for lang in LANGUAGES]
+        for listed, scope, lang in calls:
+            try:
+                await bot.set_my_commands(listed, scope=scope, language_code=lang)
+            except BadRequest as exc:  # e.g. an admin who never opened the bot
+                logger.info("setMyCommands (%s, %s): %s", scope, lang, exc)
+            except TelegramError as exc:
+                logger.warning("setMyCommands failed: %s", exc)
+                return
+
+    # -- updates ------------------------------------------------------------------------------
+
+    async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        try:
+            await self._handle_update(update)
+        finally:
+            self.updates_handled += 1
+            self._handled.set()
+
+    async def wait_handled(self, count: int) -> None:
+        """Until `count` updates have been handled in all and their replies sent."""
+        while self.updates_handled < count:
+            self._handled.clear()
+            await self._handled.wait()
+        await self.dispatcher.wait_idle()
+
+    async def _handle_update(self, update: Update) -> None:
+        # As Telegram sent it when it came by polling; rebuilt by PTB for webhook deliveries.
+        kept = self._updates_request.pop_raw(update.update_id)
+        if kept is not None:
+            data, raw = kept
+        else:
+            data = update.to_dict()
+            raw = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        try:
+            event = parse_update(data, bot_id=self._bot_id, bot_username=self._bot_username,
+                                 codec=self.codec, raw=raw)
+        except Exception as exc:
+            logger.exception("cannot translate update %s", update.update_id)
+            await self._record(f"{self._bot_id}:{update.update_id}", None, "unknown", raw,
+                               "failed", f"{type(exc).__name__}: {exc}")
+            return
+        if event.callback_query_id:
+            self._spawn(self._answer_query(event.callback_query_id))
+        if event.route == "turn":
+            await self._turn(event)
+        elif event.route == "admin":
+            await self.admin.handle(event, self.chat_language(event))
+        elif event.route == "group":
+            await self._group(event)
+        elif event.route == "edited":
+            if await self._record_event(event, "ignored") and event.chat_id is not None:
+                lang = self.chat_language(event)
+                await self.notify(event.chat_id, self.app.translations.t(
+                    lang, "telegram.edited_ignored"), lang)
+        elif event.route == "member":
+            await self._member(event)
+        else:
+            await self._record_event(event, "ignored")
+
+    async def _turn(self, event: TelegramEvent) -> None:
+        assert event.inbound is not None
+        result = await self.app.service.handle(event.inbound)
+        if result.failed and not result.outbox and event.chat_id is not None:
+            # The database refused the turn, so no reply could be committed: say so directly.
+            lang = self.chat_language(event)
+            self._spawn(self._say_directly(event.chat_id, self.app.translations.t(
+                lang, "error_internal")))
+        # Runs before any of this turn's replies can be sent: the service hands them to the
+        # dispatcher, whose tasks only start once this coroutine yields.
+        if not result.duplicate and not result.failed and result.outbox:
+            hint = self._hint(event, result)
+            for item in result.outbox:
+                self.sender.hints[item.id] = hint
+
+    def _hint(self, event: TelegramEvent, result: TurnResult) -> TurnHint:
+        state = result.state or {}
+        lang = state.get("lang") or "en"
+        engine = self.app.service.engine_for(state or None)
+        tr = self.app.translations
+        answered: dict[str, str] = {}
+        stale = False
+        for ev in result.events:
+            kind = ev.get("type")
+            try:
+                if kind == "answer":
+                    question = engine.qn.questions[ev["question"]]
+                    answered[ev["slot"]] = engine.display_value(lang, question, ev["value"])
+                elif kind == "language":
+                    answered["language"] = tr.language_name(ev["language"])
+                elif kind == "submitted":
+                    answered["review"] = tr.t(lang, "submit_button")
+                elif kind == "amend":
+                    answered["done"] = tr.t(lang, "amend_button")
+                elif kind == "stale":
+                    stale = True
+            except Exception:  # a display problem must not cost the reply
+                logger.exception("cannot display event %s", kind)
+        awaiting = awaiting_key(state) if state else None
+        return TurnHint(awaiting, answered, event.pressed, stale)
+
+    async def _group(self, event: TelegramEvent) -> None:
+        fresh = await self._record_event(event, "rejected")
+        if not fresh or not event.explain or event.chat_id is None:
+            return
+        now = time.monotonic()
+        if now - self._group_notes.get(event.chat_id, -GROUP_NOTE_INTERVAL) < \
+                GROUP_NOTE_INTERVAL:
+            return
+        self._group_notes[event.chat_id] = now
+        lang = language_of(event.language_hint)
+        bot = f"@{self._bot_username}" if self._bot_username else "@bot"
+        await self.notify(event.chat_id,
+                          self.app.translations.t(lang, "telegram.group_refused", bot=bot), lang)
+
+    async def _member(self, event: TelegramEvent) -> None:
+        if not await self._record_event(event, "processed") or event.address is None:
+            return
+        status = event.member_status
+        if status in ("kicked", "member"):
+            await self._set_unreachable(event.address, status == "kicked")
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def chat_language(self, event: TelegramEvent) -> str:
+        """The language of the chat's last reply, else the user's Telegram app language."""
+        if event.chat_id is not None and event.chat_id in self.sender.languages:
+            return self.sender.languages[event.chat_id]
+        return language_of(event.language_hint)
+
+    async def notify(self, chat: int, text: str, lang: str, fmt: str | None = None) -> None:
+        """A message outside a conversation turn, committed to the outbox and then sent."""
+        payload: dict[str, Any] = {"text": text, "kind": "info", "language": lang,
+                                   "question": None, "slot": None, "multi": False,
+                                   "progress": None, "choices": []}
+        if fmt:
+            payload["format"] = fmt
+        await self.app.service.send_later([{"channel": CHANNEL, "address": str(chat),
+                                            "payload": payload}])
+
+    async def _record_event(self, event: TelegramEvent, status: str) -> bool:
+        return await self._record(event.message_id, event.address, event.kind, event.raw,
+                                  status, event.reason or None)
+
+    async def _record(self, message_id: str, address: str | None, kind: str, raw: str,
+                      status: str, reason: str | None) -> bool:
+        """Keep an update that does not reach the engine; False if it was seen before."""
+        try:
+            return await self.app.service.record_unprocessed(
+                channel=CHANNEL, message_id=message_id, user_id=address, kind=kind[:16],
+                payload=raw, status=status, reason=reason or "")
+        except Exception:
+            logger.exception("cannot record update %s", message_id)
+            return False
+
+    async def _say_directly(self, chat: int, text: str) -> None:
+        try:
+            await self.sender.send_text(chat, text)
+        except Exception as exc:
+            logger.warning("telegram: cannot tell chat %s about a failed turn: %s", chat, exc)
+
+    async def _answer_query(self, query_id: str) -> None:
+        try:
+            await self.sender.api("answerCallbackQuery", callback_query_id=query_id)
+        except TelegramError as exc:  # too old, or already answered: only the spinner
+            logger.debug("answerCallbackQuery %s: %s", query_id, exc)
+
+    async def _unreachable(self, item: OutboxItem, reason: str) -> None:
+        await self._set_unreachable(item.address, True)
+
+    async def _set_unreachable(self, address: str, unreachable: bool) -> None:
+        import functools
+
+        changed = await self.app.database.transaction(functools.partial(
+            repo.set_unreachable, channel=CHANNEL, user_id=address, unreachable=unreachable,
+            now=datetime.now(UTC)))
+        if changed:
+            logger.info("telegram: chat %s is %s", address,
+                        "unreachable (bot blocked)" if unreachable else "reachable again")
+
+    def _polling_error(self, exc: TelegramError) -> None:
+        logger.warning("telegram: getUpdates failed (%s); PTB retries", exc)
+
+    async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        logger.error("telegram: error while handling an update", exc_info=context.error)
