@@ -666,18 +666,24 @@ class Engine:
         if found is not None:
             return found
         parts = [] if q.other_of else [self.tr.question_prompt(lang, self.qn, q)]
-        hint = self.tr.question_hint(lang, self.qn, q)
-        if hint:
-            parts.append(hint)
-        parts.append(self._format_hint(lang, q))
-        if q.max_select and q.is_multi:
-            parts.append(self.tr.tn(lang, "max_select_hint", q.max_select))
-        if q.max_words:
-            parts.append(self.tr.tn(lang, "word_limit_hint", q.max_words))
+        parts += self.answer_hints(lang, q)
         if not required:
             parts.append(self.tr.t(lang, "optional_hint"))
         found = self._hint_cache[key] = tuple(parts)
         return found
+
+    def answer_hints(self, lang: str, q: Question, format_hint: str | None = None) -> list[str]:
+        """The question's hint and what a valid answer looks like (shared with the mail form)."""
+        hints = []
+        hint = self.tr.question_hint(lang, self.qn, q)
+        if hint:
+            hints.append(hint)
+        hints.append(format_hint or self._format_hint(lang, q))
+        if q.max_select and q.is_multi:
+            hints.append(self.tr.tn(lang, "max_select_hint", q.max_select))
+        if q.max_words:
+            hints.append(self.tr.tn(lang, "word_limit_hint", q.max_words))
+        return hints
 
     def _format_hint(self, lang: str, q: Question) -> str:
         key = {"single_choice": "hint_single", "multi_choice": "hint_multi"}.get(
@@ -688,15 +694,17 @@ class Engine:
         lang = turn.state["lang"] or "en"
         turn.replies.append(Reply(self.tr.t(lang, key, **values), kind, lang))  # type: ignore[arg-type]
 
+    def error_text(self, lang: str, err: AnswerError) -> str:
+        """The localized explanation of a refused answer; plural catalogs get the count."""
+        if err.count is not None and isinstance(self.tr.raw(lang, err.key), dict):
+            return self.tr.tn(lang, err.key, err.count, **err.values)
+        if err.count is not None:
+            return self.tr.t(lang, err.key, count=err.count, **err.values)
+        return self.tr.t(lang, err.key, **err.values)
+
     def _error(self, turn: Turn, err: AnswerError) -> None:
         lang = turn.state["lang"] or "en"
-        if err.count is not None and isinstance(self.tr.raw(lang, err.key), dict):
-            text = self.tr.tn(lang, err.key, err.count, **err.values)
-        elif err.count is not None:
-            text = self.tr.t(lang, err.key, count=err.count, **err.values)
-        else:
-            text = self.tr.t(lang, err.key, **err.values)
-        turn.replies.append(Reply(text, "error", lang))
+        turn.replies.append(Reply(self.error_text(lang, err), "error", lang))
 
 
 def _looks_like_list(text: str) -> bool:

@@ -436,7 +436,7 @@ class MailForm:
                 turn.events.append({"type": "invalid", "slot": key, "reason": err.key})
                 rejected.append(Entry(self.layout.label(q.id, rep), self._prompt(lang, slot,
                                                                                   answers),
-                                      _shorten(text), self._error_text(lang, err)))
+                                      _shorten(text), self.engine.error_text(lang, err)))
                 continue
             previous = answers.get(key, _UNSET)
             note = ""
@@ -741,14 +741,7 @@ class MailForm:
             notes.append(self._describe(st, q.ask_if, slot.repeat))
         if required is None and q.required_if is not None:
             notes.append(self._describe(st, q.required_if, slot.repeat, "mail_required_if"))
-        hint = self.tr.question_hint(lang, self.qn, q)
-        if hint:
-            notes.append(hint)
-        notes.append(self._format_hint(lang, q))
-        if q.max_select and q.is_multi:
-            notes.append(self.tr.tn(lang, "max_select_hint", q.max_select))
-        if q.max_words:
-            notes.append(self.tr.tn(lang, "word_limit_hint", q.max_words))
+        notes += self.engine.answer_hints(lang, q, self._format_hint(lang, q))
         options: tuple[tuple[str, str], ...] = ()
         if q.type in ("single_choice", "multi_choice"):
             source = q.options
@@ -967,14 +960,6 @@ class MailForm:
             return items[0] if items else ""
         sep = self.tr.raw(lang, "mail_list_sep")
         return self.tr.t(lang, "mail_list_or", items=sep.join(items[:-1]), last=items[-1])
-
-    def _error_text(self, lang: str, err: AnswerError) -> str:
-        """Like the engine's error messages: plural catalogs get the count."""
-        if err.count is not None and isinstance(self.tr.raw(lang, err.key), dict):
-            return self.tr.tn(lang, err.key, err.count, **err.values)
-        if err.count is not None:
-            return self.tr.t(lang, err.key, count=err.count, **err.values)
-        return self.tr.t(lang, err.key, **err.values)
 
 
 class _Unset:
