@@ -13,6 +13,7 @@ from bot.i18n import Translations
 from bot.language import LanguageDetector, get_detector
 from bot.questionnaire import Questionnaire, default_questionnaire, load_questionnaires
 from bot.service import ConversationService
+from bot.spool import Spool
 from storage.db import Database, upgrade
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ class App:
     async def close(self) -> None:
         await self.service.close()
         await self.database.dispose()
+        if self.service.spool is not None:
+            self.service.spool.close()
 
 
 def load_content(settings: Settings) -> tuple[dict[str, Questionnaire], Questionnaire,
@@ -55,6 +58,12 @@ async def build_app(settings: Settings, *, migrate: bool = True) -> App:
     if migrate:
         await upgrade(database.engine)
     detector = get_detector()
-    service = ConversationService(database, engines, chosen.id, detector)
+    spool = Spool(settings.spool_file)
+    spool.open()
+    service = ConversationService(database, engines, chosen.id, detector, spool=spool)
+    try:
+        await service.replay_spool()
+    except Exception as exc:  # they stay in the spool for the next start
+        logger.warning("messages in the spool %s could not be stored yet: %s", spool.path, exc)
     return App(settings, questionnaires, chosen, translations, engines, detector, database,
                service)

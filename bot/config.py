@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
+from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,6 +27,12 @@ class Settings(BaseSettings):
     questionnaires_dir: Path = Field(ROOT / "questionnaires")
     locales_dir: Path = Field(ROOT / "locales")
     log_level: str = "INFO"
+    # At DEBUG, python-telegram-bot, aioimaplib, httpx… stay at INFO (they log whole updates
+    # and mails) unless this is "debug".
+    log_libraries: Literal["info", "debug"] = "info"
+    spool_path: Path | None = Field(None, description="file keeping messages the database "
+                                                      "refused; default: beside the SQLite "
+                                                      "file, else ./capbot-spool.jsonl")
 
     telegram_token: str | None = None
     telegram_api_url: str | None = Field(None, description="Bot API base URL, e.g. "
@@ -40,6 +47,13 @@ class Settings(BaseSettings):
     telegram_rate_limit: bool = True
     telegram_chat_rate: float = Field(1.0, ge=0, description="messages/s per chat; 0 = off")
     telegram_chat_burst: int = Field(3, ge=1)
+    # Inbound throttle per chat: past this many updates in this many seconds, updates are
+    # recorded (status "throttled") but not answered, after one notice. 20 a minute is well
+    # above a person answering by hand, and each turn sends 1-3 messages, so beyond it the
+    # replies could not leave faster than Telegram's ~1 message/s per chat anyway.
+    telegram_inbound_limit: int = Field(20, ge=0, description="updates per window per chat; "
+                                                              "0 = no throttle")
+    telegram_inbound_window: float = Field(60.0, gt=0, description="seconds")
 
     imap_host: str | None = None
     imap_port: int | None = None
@@ -80,6 +94,15 @@ class Settings(BaseSettings):
         if isinstance(value, int):
             return [value]
         return value
+
+    @property
+    def spool_file(self) -> Path:
+        if self.spool_path:
+            return self.spool_path
+        url = make_url(self.database_url)
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            return Path(f"{url.database}.spool")
+        return Path("capbot-spool.jsonl")
 
     @property
     def telegram_enabled(self) -> bool:
