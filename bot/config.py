@@ -48,10 +48,11 @@ class Settings(BaseSettings):
     telegram_chat_rate: float = Field(1.0, ge=0, description="messages/s per chat; 0 = off")
     telegram_chat_burst: int = Field(3, ge=1)
     # Inbound throttle per chat: past this many updates in this many seconds, updates are
-    # recorded (status "throttled") but not answered, after one notice. 20 a minute is well
-    # above a person answering by hand, and each turn sends 1-3 messages, so beyond it the
-    # replies could not leave faster than Telegram's ~1 message/s per chat anyway.
-    telegram_inbound_limit: int = Field(20, ge=0, description="updates per window per chat; "
+    # recorded (status "throttled") but not answered, after one notice. 30 a minute is an
+    # answer every 2 s for a whole minute, faster than anyone reads and answers; and as each
+    # turn sends 1-3 messages, replies beyond it could not leave faster than Telegram's ~1
+    # message/s per chat anyway. Tests switch it off.
+    telegram_inbound_limit: int = Field(30, ge=0, description="updates per window per chat; "
                                                               "0 = no throttle")
     telegram_inbound_window: float = Field(60.0, gt=0, description="seconds")
 
