@@ -7,14 +7,14 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.config import Settings
+from bot.config import ConfigError, Settings
 from bot.engine import Engine
 from bot.i18n import Translations
 from bot.language import LanguageDetector, get_detector
 from bot.questionnaire import Questionnaire, default_questionnaire, load_questionnaires
 from bot.service import ConversationService
 from bot.spool import Spool
-from storage.db import Database, upgrade
+from storage.db import Database, DatabaseUnavailable, check_connection, upgrade
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +55,14 @@ async def build_app(settings: Settings, *, migrate: bool = True) -> App:
     questionnaires, chosen, translations = load_content(settings)
     engines = {qid: Engine(q, translations) for qid, q in questionnaires.items()}
     database = Database(settings.database_url)
-    if migrate:
-        await upgrade(database.engine)
+    try:
+        if migrate:
+            await upgrade(database.engine)
+        else:
+            await check_connection(database.engine)
+    except DatabaseUnavailable as exc:
+        await database.dispose()
+        raise ConfigError(f"CAPBOT_DATABASE_URL: {exc}") from None
     detector = get_detector()
     spool = Spool(settings.spool_file)
     spool.open()

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 import time
 
 from sqlalchemy import select
 
-from bot.outbox import OutboxDispatcher, OutboxItem
+from bot.outbox import OutboxDispatcher, OutboxItem, TransientSendError
 from storage.models import outbox
+from storage.stats import collect_stats, format_stats
 from tests.support.disk import small_disk
 
 
@@ -138,3 +142,37 @@ async def test_identical_replies_waiting_for_one_chat_are_sent_once(make_app, sq
     statuses = list((await _statuses(app)).values())
     assert statuses.count("sent") == 3
     assert statuses.count("coalesced") == 98
+
+
+async def test_replies_given_up_on_are_reported_and_can_be_queued_again(
+        make_app, tmp_path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'capbot.db'}"
+    app = await make_app(url)
+    outage = True
+    sent: list[str] = []
+
+    async def send(item: OutboxItem) -> None:
+        if outage:
+            raise TransientSendError("SMTP server unreachable")
+        sent.append(item.payload["text"])
+
+    dispatcher = OutboxDispatcher(app.database, "email", send, max_attempts=2,
+                                  base_delay=0.01, sweep_interval=0.2)
+    await dispatcher.start()
+    app.service.on_outbox(dispatcher.enqueue)
+    await app.service.send_later([{"channel": "email", "address": "a@example.org",
+                                   "payload": {"text": "your receipt"}}])
+    await asyncio.wait_for(dispatcher.wait_idle(), 10)
+    stats = await collect_stats(app.db, app.questionnaire, app.translations)
+    assert stats["undelivered"] == [{"channel": "email", "status": "failed",
+                                     "reason": "gave up after retries", "messages": 1}]
+    assert "gave up after retries" in format_stats(stats)
+
+    outage = False
+    done = subprocess.run([sys.executable, "-m", "bot", "outbox", "retry"], text=True,
+                          capture_output=True, timeout=60,
+                          env={**os.environ, "CAPBOT_DATABASE_URL": url})
+    assert done.returncode == 0 and "1 messages queued again" in done.stderr, done.stderr
+    await _until(lambda: _async(sent == ["your receipt"]), 10, "the retried send")
+    await dispatcher.stop()
+    assert set((await _statuses(app)).values()) == {"sent"}
