@@ -169,9 +169,9 @@ async def test_replies_given_up_on_are_reported_and_can_be_queued_again(
     assert "gave up after retries" in format_stats(stats)
 
     outage = False
-    done = subprocess.run([sys.executable, "-m", "bot", "outbox", "retry"], text=True,
-                          capture_output=True, timeout=60,
-                          env={**os.environ, "CAPBOT_DATABASE_URL": url})
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "bot", "outbox", "retry"], text=True,
+        capture_output=True, timeout=60, env={**os.environ, "CAPBOT_DATABASE_URL": url})
     assert done.returncode == 0 and "1 messages queued again" in done.stderr, done.stderr
     await _until(lambda: _async(sent == ["your receipt"]), 10, "the retried send")
     await dispatcher.stop()
