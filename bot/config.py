@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     # At DEBUG, python-telegram-bot, aioimaplib, httpx… stay at INFO (they log whole updates
     # and mails) unless this is "debug".
     log_libraries: Literal["info", "debug"] = "info"
+    # A reply being sent is leased for this long: a restarted process (or another replica)
+    # waits that long before sending again a reply whose send may have been cut off by a crash.
+    outbox_lease_seconds: float = Field(60.0, gt=0)
     spool_path: Path | None = Field(None, description="file keeping messages the database "
                                                       "refused; default: beside the SQLite "
                                                       "file, else ./capbot-spool.jsonl")
@@ -84,6 +87,14 @@ class Settings(BaseSettings):
     email_from_name: str | None = None
     email_max_bytes: int = 2_000_000
     email_daily_reply_cap: int = 30
+    email_unverified_reply_cap: int = Field(3, ge=0, description=(
+        "replies per address per UTC day to mail that is not shown to be that person's "
+        "(no valid reply token): counted apart, so forged mail neither silences them nor "
+        "floods them"))
+    email_trust_auth_results: str | None = Field(None, description=(
+        "authserv-id of our receiving mail server: its Authentication-Results header (an "
+        "aligned DMARC/DKIM/SPF pass) then proves From without a reply token; unset: only "
+        "reply tokens do"))
     secret_key: str | None = None
     admin_emails: Annotated[list[str], NoDecode] = Field(default_factory=list)
 

@@ -91,7 +91,8 @@ class TelegramChannel:
         self.sender = TelegramSender(self.application.bot, self.codec)
         self.dispatcher = OutboxDispatcher(app.database, CHANNEL, self.sender.send,
                                            on_unreachable=self._unreachable,
-                                           max_attempts=30, concurrency=concurrency)
+                                           max_attempts=30, concurrency=concurrency,
+                                           lease=app.settings.outbox_lease_seconds)
         self.admin = AdminCommands(app, self.sender, self.notify)
         self.throttle = InboundThrottle(self.settings.telegram_inbound_limit,
                                         self.settings.telegram_inbound_window)
