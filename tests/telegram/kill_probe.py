@@ -41,13 +41,15 @@ class ProbeResult:
     kills: int
     sent: int
     processed: int
-    missing: list[int] = field(default_factory=list)  # update ids never stored
+    missing: list[int] = field(default_factory=list)  # confirmed to Telegram, never stored
+    undelivered: list[int] = field(default_factory=list)  # Telegram still holds them (slow)
     silent_users: list[int] = field(default_factory=list)  # users the bot never answered
     seconds: float = 0.0
 
     def summary(self) -> str:
         return (f"{self.kills} kills: {self.sent} updates sent, {self.processed} stored, "
                 f"{len(self.missing)} never processed {self.missing[:10]}, "
+                f"{len(self.undelivered)} still held by Telegram at the end, "
                 f"{len(self.silent_users)} users without any reply, {self.seconds:.1f}s")
 
 
@@ -187,7 +189,7 @@ async def run_probe(workdir: Path, *, kills: int = 20, mode: Mode = "random", us
             await load.stop()
         bot_id = int(api.token.split(":")[0])
         sent = {u["update_id"] for u in api.update_log}
-        deadline, quiet_since, last = time.monotonic() + 60, None, -1
+        deadline, quiet_since, last = time.monotonic() + 120, None, -1
         while time.monotonic() < deadline:
             stored = stored_update_ids(bot.db_path, bot_id)
             if sent <= stored:
@@ -203,6 +205,7 @@ async def run_probe(workdir: Path, *, kills: int = 20, mode: Mode = "random", us
             await asyncio.sleep(0.2)
         await bot.terminate()
         stored = stored_update_ids(bot.db_path, bot_id)
+        held = {u["update_id"] for u in api.pending_updates}
         silent = [u.id for u in load.users if not u.messages]
-        return ProbeResult(kills, len(sent), len(sent & stored), sorted(sent - stored), silent,
-                           time.monotonic() - started)
+        return ProbeResult(kills, len(sent), len(sent & stored), sorted(sent - stored - held),
+                           sorted((sent - stored) & held), silent, time.monotonic() - started)
