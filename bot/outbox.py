@@ -228,8 +228,9 @@ class OutboxDispatcher:
 
     async def _note_retry(self, item: OutboxItem, exc: Exception, delay: float) -> None:
         try:
+            # Not delivered, so nothing to protect: release the lease (a restart need not wait).
             await self.db.transaction(functools.partial(
-                repo.mark_outbox, ids=[item.id], last_error=str(exc)[:500],
+                repo.mark_outbox, ids=[item.id], last_error=str(exc)[:500], lease_until=None,
                 not_before=datetime.now(UTC) + timedelta(seconds=delay)))
         except Exception as db_exc:  # only bookkeeping: the retry goes ahead
             self._database_refused("note a retry", db_exc)

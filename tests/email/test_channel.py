@@ -435,7 +435,8 @@ async def test_capbot_serve_in_french_survives_a_crash_between_commit_and_send(
     smtp_port = free_port()  # nothing listens there yet: the reply cannot go out
     variables = {f"CAPBOT_{k.upper()}": str(v)
                  for k, v in settings_for(imap_server, smtp_port).items()}
-    env = {**os.environ, **variables, "CAPBOT_DATABASE_URL": db_url, "CAPBOT_LOG_LEVEL": "INFO"}
+    env = {**os.environ, **variables, "CAPBOT_DATABASE_URL": db_url, "CAPBOT_LOG_LEVEL": "INFO",
+           "CAPBOT_OUTBOX_LEASE_SECONDS": "3"}
     log = tmp_path / "serve.log"
     deadline = time.monotonic() + 60
     dovecot = imap_server.server

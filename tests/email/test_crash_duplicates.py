@@ -14,7 +14,7 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
 
-from tests.email.test_channel import settings_for
+from tests.email.support import settings_for
 from tests.support.servers import ImapSettings, SmtpCapture
 
 ROOT = Path(__file__).resolve().parents[2]
