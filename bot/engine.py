@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from bot.answers import AnswerError, AnswerParser, clean_text, normalize_digits
+from bot.answers import AnswerError, AnswerParser, clean_text, length_limit, normalize_digits
+from bot.countries import country_table
 from bot.i18n import LANGUAGES, Translations, fold
 from bot.language import Detection, normalize_language_tag
 from bot.messages import Choice, Inbound, Reply
@@ -239,7 +240,7 @@ class Engine:
                     "REVIEW": ("review", "")}.get(code, (None, ""))
         if inbound.kind != "text":
             return None, ""
-        m = _COMMAND_RE.match(inbound.text.strip()[:200])
+        m = _COMMAND_RE.match(clean_text(inbound.text[:400])[:200])
         if not m:
             return None, ""
         return m.group(1).lower(), (m.group(2) or "").strip()
@@ -377,6 +378,12 @@ class Engine:
             self._choice_answer(turn, current, options, (inbound.choice or "").upper(), slots)
             return
         text = inbound.text
+        offered = self._offered(st, current)
+        typed = normalize_digits(clean_text(text)).rstrip(".)")
+        if offered and typed.isdigit() and 1 <= int(typed) <= len(offered):
+            self._record(turn, current, offered[int(typed) - 1])
+            self._advance(turn, None if q.id in self._triggers else slots)
+            return
         if q.type == "multi_choice" and fold(clean_text(text)) in self._done_words:
             self._finish_multi(turn, current, options, slots)
             return
@@ -385,6 +392,8 @@ class Engine:
                                       self._value_getter(st["answers"], current.repeat))
         except AnswerError as err:
             turn.events.append({"type": "invalid", "slot": current.key, "reason": err.key})
+            if err.choices and q.type == "country":
+                st["offered"] = {"slot": current.key, "codes": list(err.choices)}
             self._error(turn, err)
             self._ask(turn, slots, repeat_prompt=False)
             return
@@ -418,6 +427,9 @@ class Engine:
         elif q.type in ("single_choice", "yes_no") and code in codes:
             self._record(turn, slot, code)
             self._advance(turn, None if q.id in self._triggers else slots)
+        elif q.type == "country" and code.lower() in country_table():
+            self._record(turn, slot, code.lower())
+            self._advance(turn, None if q.id in self._triggers else slots)
         else:
             turn.events.append({"type": "invalid", "slot": slot.key, "reason": "bad_choice"})
             self._error(turn, AnswerError("error_choice", text=code[:40], count=len(codes)))
@@ -441,6 +453,7 @@ class Engine:
         st = turn.state
         st["answers"][slot.key] = value
         st["pending"] = []
+        st.pop("offered", None)
         turn.events.append({"type": "answer", "slot": slot.key, "question": slot.question.id,
                             "repeat": slot.repeat, "value": value})
 
@@ -455,6 +468,12 @@ class Engine:
         else:
             st["phase"], st["slot"] = "asking", nxt.key
             self._ask(turn, slots)
+
+    @staticmethod
+    def _offered(st: dict[str, Any], slot: Slot) -> list[str]:
+        """Countries offered after a name that matched several, or none exactly."""
+        offered = st.get("offered")
+        return offered["codes"] if offered and offered.get("slot") == slot.key else []
 
     @staticmethod
     def _find(slots: list[Slot], key: str | None) -> Slot | None:
@@ -588,12 +607,13 @@ class Engine:
             return self.tr.t(lang, "skipped_value")
         if q.type in ("single_choice", "yes_no"):
             return self.tr.option_label(lang, self.qn, q, value)
+        sep = self.tr.raw(lang, "mail_list_sep")
         if q.type == "multi_choice":
-            return "; ".join(self.tr.option_label(lang, self.qn, q, c) for c in value)
+            return sep.join(self.tr.option_label(lang, self.qn, q, c) for c in value)
         if q.type == "country":
             return self.tr.country_name(lang, value)
         if q.type == "multi_country":
-            return "; ".join(self.tr.country_name(lang, c) for c in value)
+            return sep.join(self.tr.country_name(lang, c) for c in value)
         if q.type == "money":
             return f"{value['amount']} {value['currency']}"
         return str(value)
@@ -643,9 +663,13 @@ class Engine:
                             for code, label in self._labels(lang, q, options))
             if q.type == "multi_choice":
                 if pending:
-                    names = "; ".join(self.tr.option_label(lang, self.qn, q, c) for c in pending)
+                    names = self.tr.raw(lang, "mail_list_sep").join(
+                        self.tr.option_label(lang, self.qn, q, c) for c in pending)
                     parts.append(self.tr.t(lang, "selected_so_far", options=names))
                 choices += (Choice(DONE, self.tr.t(lang, "done_button")),)
+        elif q.type == "country":
+            choices = tuple(Choice(code, self.tr.country_name(lang, code))
+                            for code in self._offered(st, slot))
         text = "\n".join(parts) if repeat_prompt else "\n".join(parts[1:])
         turn.replies.append(Reply(text, "question", lang, q.id, slot.key, choices,
                                   q.type == "multi_choice", progress))
@@ -682,7 +706,7 @@ class Engine:
         if q.max_select and q.is_multi:
             hints.append(self.tr.tn(lang, "max_select_hint", q.max_select))
         if q.max_words:
-            hints.append(self.tr.tn(lang, "word_limit_hint", q.max_words))
+            hints.append(self.tr.tn(lang, "word_limit_hint", length_limit(q.max_words, lang)))
         return hints
 
     def _format_hint(self, lang: str, q: Question) -> str:
