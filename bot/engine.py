@@ -90,6 +90,13 @@ class Engine:
             slot_key(qid, r) for qid in self._triggers
             for r in (range(max_repeat) if qid in repeated else (None,))))
         self._slot_cache: dict[tuple, list[Slot]] = {}
+        # question id -> (part, number in its part, questions in the part); "please specify"
+        # questions share their parent's number.
+        self._positions: dict[str, tuple[int, int, int]] = {}
+        for part, sec in enumerate(questionnaire.sections, start=1):
+            numbered = [q for q in sec.questions if not q.other_of]
+            for number, q in enumerate(numbered, start=1):
+                self._positions[q.id] = (part, number, len(numbered))
         self._label_cache: dict[tuple, tuple[tuple[str, str], ...]] = {}
         self._hint_cache: dict[tuple, tuple[str, ...]] = {}
         self._language_names: dict[str, str] = {}
@@ -607,13 +614,15 @@ class Engine:
             return self.tr.t(lang, "skipped_value")
         if q.type in ("single_choice", "yes_no"):
             return self.tr.option_label(lang, self.qn, q, value)
-        sep = self.tr.raw(lang, "mail_list_sep")
+        # Option labels may hold commas ("电子学习、在线课程…"): the semicolon level joins them.
         if q.type == "multi_choice":
-            return sep.join(self.tr.option_label(lang, self.qn, q, c) for c in value)
+            return self.tr.raw(lang, "choice_list_sep").join(
+                self.tr.option_label(lang, self.qn, q, c) for c in value)
         if q.type == "country":
             return self.tr.country_name(lang, value)
         if q.type == "multi_country":
-            return sep.join(self.tr.country_name(lang, c) for c in value)
+            return self.tr.raw(lang, "mail_list_sep").join(
+                self.tr.country_name(lang, c) for c in value)
         if q.type == "money":
             return f"{value['amount']} {value['currency']}"
         return str(value)
@@ -641,11 +650,7 @@ class Engine:
             return
         q = slot.question
         answers = st["answers"]
-        section = self.tr.section_title(lang, self.qn, q.section)
-        if slot.repeat is not None:
-            section += " · " + self.tr.t(lang, "activity_label", n=slot.repeat + 1)
-        progress = self.tr.t(lang, "progress", n=slots.index(slot) + 1, total=len(slots),
-                             section=section)
+        progress = self._progress(lang, slot)
         required = self.is_required(slot, answers)
         if q.other_of:
             parts = [progress, self.prompt_text(lang, slot, answers),
@@ -663,7 +668,7 @@ class Engine:
                             for code, label in self._labels(lang, q, options))
             if q.type == "multi_choice":
                 if pending:
-                    names = self.tr.raw(lang, "mail_list_sep").join(
+                    names = self.tr.raw(lang, "choice_list_sep").join(
                         self.tr.option_label(lang, self.qn, q, c) for c in pending)
                     parts.append(self.tr.t(lang, "selected_so_far", options=names))
                 choices += (Choice(DONE, self.tr.t(lang, "done_button")),)
@@ -673,6 +678,17 @@ class Engine:
         text = "\n".join(parts) if repeat_prompt else "\n".join(parts[1:])
         turn.replies.append(Reply(text, "question", lang, q.id, slot.key, choices,
                                   q.type == "multi_choice", progress))
+
+    def _progress(self, lang: str, slot: Slot) -> str:
+        """Part and question number from the questionnaire's fixed layout, so that progress
+        only moves forward when a condition opens more questions."""
+        q = slot.question
+        part, number, total = self._positions[q.other_of or q.id]
+        section = self.tr.section_title(lang, self.qn, q.section)
+        if slot.repeat is not None:
+            section += " · " + self.tr.t(lang, "activity_label", n=slot.repeat + 1)
+        return self.tr.t(lang, "progress", part=part, parts=len(self.qn.sections),
+                         section=section, n=number, total=total)
 
     def _labels(self, lang: str, q: Question,
                 options: tuple[Option, ...]) -> tuple[tuple[str, str], ...]:
