@@ -7,13 +7,14 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.config import Settings
+from bot.config import ConfigError, Settings
 from bot.engine import Engine
 from bot.i18n import Translations
 from bot.language import LanguageDetector, get_detector
 from bot.questionnaire import Questionnaire, default_questionnaire, load_questionnaires
 from bot.service import ConversationService
-from storage.db import Database, upgrade
+from bot.spool import Spool
+from storage.db import Database, DatabaseUnavailable, check_connection, upgrade
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ class App:
     async def close(self) -> None:
         await self.service.close()
         await self.database.dispose()
+        if self.service.spool is not None:
+            self.service.spool.close()
 
 
 def load_content(settings: Settings) -> tuple[dict[str, Questionnaire], Questionnaire,
@@ -52,9 +55,21 @@ async def build_app(settings: Settings, *, migrate: bool = True) -> App:
     questionnaires, chosen, translations = load_content(settings)
     engines = {qid: Engine(q, translations) for qid, q in questionnaires.items()}
     database = Database(settings.database_url)
-    if migrate:
-        await upgrade(database.engine)
+    try:
+        if migrate:
+            await upgrade(database.engine)
+        else:
+            await check_connection(database.engine)
+    except DatabaseUnavailable as exc:
+        await database.dispose()
+        raise ConfigError(f"CAPBOT_DATABASE_URL: {exc}") from None
     detector = get_detector()
-    service = ConversationService(database, engines, chosen.id, detector)
+    spool = Spool(settings.spool_file)
+    spool.open()
+    service = ConversationService(database, engines, chosen.id, detector, spool=spool)
+    try:
+        await service.replay_spool()
+    except Exception as exc:  # they stay in the spool for the next start
+        logger.warning("messages in the spool %s could not be stored yet: %s", spool.path, exc)
     return App(settings, questionnaires, chosen, translations, engines, detector, database,
                service)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import getpass
 import logging
 import sys
 
 from bot.config import ConfigError, Settings, load_settings
 from bot.i18n import LANGUAGES
+from bot.logs import configure_logging
 from bot.yamlfile import DataFileError
+from storage import repository as repo
+from storage.db import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--lang", help="labels in this language (default en)")
     stats.add_argument("--questionnaire", help="questionnaire id (default: the default one)")
     sub.add_parser("detect-language", help="classify lines of standard input by language")
+    box = sub.add_parser("outbox", help="messages waiting to be sent or given up on")
+    box_sub = box.add_subparsers(dest="outbox_command", required=True)
+    retry = box_sub.add_parser("retry", help="queue the messages given up on again (a "
+                               "running `capbot serve` sends them within a minute)")
+    retry.add_argument("--channel", help="telegram | email (default: both)")
+    retry.add_argument("--unreachable", action="store_true",
+                       help="also to recipients marked unreachable (blocked the bot, bounced)")
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="apply migrations up to the latest schema")
@@ -55,14 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         return run_detect_language(sys.stdin, sys.stdout)
     try:
         settings = load_settings()
-        logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        logging.getLogger("alembic").setLevel(logging.WARNING)
-        if args.command != "serve":
-            logging.getLogger().setLevel(logging.WARNING)
+        configure_logging(settings, level=None if args.command == "serve" else "WARNING")
         return asyncio.run(_run(args, settings))
     except (ConfigError, DataFileError) as exc:
         print(f"capbot: {exc}", file=sys.stderr)
+        return 2
+    except DatabaseUnavailable as exc:  # export and stats open the database themselves
+        print(f"capbot: CAPBOT_DATABASE_URL: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -88,6 +98,12 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if args.command == "db":
             print("database is at the latest schema", file=sys.stderr)
+            return 0
+        if args.command == "outbox":
+            count = await app.database.transaction(functools.partial(
+                repo.retry_failed_outbox, channel=args.channel,
+                include_unreachable=args.unreachable))
+            print(f"{count} messages queued again", file=sys.stderr)
             return 0
         if args.command == "chat":
             from handlers.console import ConsoleChannel

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
+from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,6 +27,15 @@ class Settings(BaseSettings):
     questionnaires_dir: Path = Field(ROOT / "questionnaires")
     locales_dir: Path = Field(ROOT / "locales")
     log_level: str = "INFO"
+    # At DEBUG, python-telegram-bot, aioimaplib, httpx… stay at INFO (they log whole updates
+    # and mails) unless this is "debug".
+    log_libraries: Literal["info", "debug"] = "info"
+    # A reply being sent is leased for this long: a restarted process (or another replica)
+    # waits that long before sending again a reply whose send may have been cut off by a crash.
+    outbox_lease_seconds: float = Field(60.0, gt=0)
+    spool_path: Path | None = Field(None, description="file keeping messages the database "
+                                                      "refused; default: beside the SQLite "
+                                                      "file, else ./capbot-spool.jsonl")
 
     telegram_token: str | None = None
     telegram_api_url: str | None = Field(None, description="Bot API base URL, e.g. "
@@ -40,6 +50,14 @@ class Settings(BaseSettings):
     telegram_rate_limit: bool = True
     telegram_chat_rate: float = Field(1.0, ge=0, description="messages/s per chat; 0 = off")
     telegram_chat_burst: int = Field(3, ge=1)
+    # Inbound throttle per chat: past this many updates in this many seconds, updates are
+    # recorded (status "throttled") but not answered, after one notice. 30 a minute is an
+    # answer every 2 s for a whole minute, faster than anyone reads and answers; and as each
+    # turn sends 1-3 messages, replies beyond it could not leave faster than Telegram's ~1
+    # message/s per chat anyway. Tests switch it off.
+    telegram_inbound_limit: int = Field(30, ge=0, description="updates per window per chat; "
+                                                              "0 = no throttle")
+    telegram_inbound_window: float = Field(60.0, gt=0, description="seconds")
 
     imap_host: str | None = None
     imap_port: int | None = None
@@ -69,6 +87,14 @@ class Settings(BaseSettings):
     email_from_name: str | None = None
     email_max_bytes: int = 2_000_000
     email_daily_reply_cap: int = 30
+    email_unverified_reply_cap: int = Field(3, ge=0, description=(
+        "replies per address per UTC day to mail that is not shown to be that person's "
+        "(no valid reply token): counted apart, so forged mail neither silences them nor "
+        "floods them"))
+    email_trust_auth_results: str | None = Field(None, description=(
+        "authserv-id of our receiving mail server: its Authentication-Results header (an "
+        "aligned DMARC/DKIM/SPF pass) then proves From without a reply token; unset: only "
+        "reply tokens do"))
     secret_key: str | None = None
     admin_emails: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
@@ -80,6 +106,15 @@ class Settings(BaseSettings):
         if isinstance(value, int):
             return [value]
         return value
+
+    @property
+    def spool_file(self) -> Path:
+        if self.spool_path:
+            return self.spool_path
+        url = make_url(self.database_url)
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            return Path(f"{url.database}.spool")
+        return Path("capbot-spool.jsonl")
 
     @property
     def telegram_enabled(self) -> bool:

@@ -107,7 +107,7 @@ Block = Para | Heading | Field | Entry | Example
 class Doc:
     """One outgoing mail, channel-neutral: render.py makes text and HTML of it."""
 
-    kind: str  # form | digest | review | receipt | notice
+    kind: str  # form | digest | review | receipt | notice | verify
     language: str
     subject: str
     blocks: list[Block] = field(default_factory=list)
@@ -936,6 +936,15 @@ class MailForm:
         doc = Doc("notice", lang, self.tr.raw(lang, "title", self.qn.id))
         doc.blocks.append(Para(self.tr.t(lang, key, **values)))
         doc.footer = self.tr.t(lang, "mail_footer")
+        return doc
+
+    def verify_doc(self, state: dict[str, Any]) -> Doc:
+        """The answer to a mail from a report owner's address that could not be shown to be
+        theirs (no reply token): nothing changed; reply to this mail (it carries a fresh
+        token) to go on. It quotes nothing of that mail, and has the report's own subject."""
+        st = {**state, "lang": state.get("lang") or "en"}
+        doc = self._notice(st, "mail_verify", ref=st["ref"])
+        doc.kind = "verify"
         return doc
 
     def _notice(self, st: dict[str, Any], key: str, **values: Any) -> Doc:

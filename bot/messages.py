@@ -26,6 +26,27 @@ class Inbound:
     display_name: str | None = None
     raw: str = ""  # raw payload, kept verbatim in the inbound log
 
+    def __post_init__(self) -> None:
+        # Lone surrogates (undecodable bytes read with surrogateescape) cannot be stored or
+        # sent anywhere: replace them here, for every channel, rather than fail the turn.
+        for name in ("text", "raw", "display_name"):
+            value = getattr(self, name)
+            if value and not _encodable(value):
+                object.__setattr__(self, name, clean_text(value))
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def clean_text(text: str) -> str:
+    """The text with anything UTF-8 cannot carry replaced by U+FFFD."""
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
 
 @dataclass(frozen=True, slots=True)
 class Choice:

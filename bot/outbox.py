@@ -1,4 +1,11 @@
-"""Delivery of committed replies: per-recipient order, retries with backoff, nothing dropped."""
+"""Delivery of committed replies: per-recipient order, retries with backoff, nothing dropped.
+
+Each send is preceded by a committed claim (a lease on the row): a restarted process, or
+another replica, does not send a claimed row again until the lease has run out. The only
+duplicate a crash can cause is a row sent but not yet marked when the process died (at most
+the sends in flight at that moment, usually one). Marks that the database refuses (disk full,
+"database is locked", a failover) are kept and written again with backoff.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,10 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import random
+import secrets
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -44,18 +54,24 @@ Sender = Callable[[OutboxItem], Awaitable[None]]
 UnreachableHook = Callable[[OutboxItem, str], Awaitable[None]]
 
 
+def process_identity() -> str:
+    """Who holds a lease: host, pid and a random part (a restarted pid is someone else)."""
+    return f"{socket.gethostname()[:32]}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
 class OutboxDispatcher:
     """Sends one channel's outbox rows after commit; rows left pending by a crash go at start.
 
     Replies to one recipient go strictly in order; different recipients go concurrently.
-    Sent rows are marked in small batches (at-least-once: a crash between send and mark
-    sends that reply again after restart, never loses it).
+    A turn's replies identical to the ones still waiting for the same recipient are not
+    queued twice (a flooding chat gets one answer, not five hundred).
     """
 
     def __init__(self, db: Database, channel: str, send: Sender, *,
                  on_unreachable: UnreachableHook | None = None, max_attempts: int = 8,
                  base_delay: float = 0.5, max_delay: float = 300.0,
-                 concurrency: int = 64) -> None:
+                 concurrency: int = 64, lease: float = 60.0, sweep_interval: float = 30.0,
+                 owner: str | None = None) -> None:
         self.db = db
         self.channel = channel
         self.send = send
@@ -63,49 +79,69 @@ class OutboxDispatcher:
         self.max_attempts = max_attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
+        self.lease = lease
+        self.sweep_interval = sweep_interval
+        self.owner = owner or process_identity()
         self._slots = asyncio.Semaphore(concurrency)
         self._queues: dict[str, deque[OutboxItem]] = {}
         self._workers: dict[str, asyncio.Task] = {}
-        self._sent: list[int] = []
+        self._queued: set[int] = set()
+        # Marks not yet written: (row id, status, error). Kept until the database takes them.
+        self._marks: list[tuple[int, str, str | None]] = []
         self._flush_wakeup = asyncio.Event()
-        self._flusher: asyncio.Task | None = None
+        self._flushed = asyncio.Event()
+        self._flushed.set()
+        self._background: list[asyncio.Task] = []
         self._idle = asyncio.Event()
         self._idle.set()
+        self._db_trouble: str | None = None  # what the database last refused, until it works
 
     async def start(self) -> None:
-        self._flusher = asyncio.create_task(self._flush_loop(), name=f"outbox-{self.channel}")
-        rows = await self.db.transaction(functools.partial(
-            repo.pending_outbox, channel=self.channel, limit=100_000))
-        if rows:
-            logger.info("%s: %d replies left pending by the last run", self.channel, len(rows))
-        self.enqueue([OutboxItem(r["id"], r["channel"], r["address"], r["payload"],
-                                 r["respondent_id"]) for r in rows])
+        self._background = [
+            asyncio.create_task(self._flush_loop(), name=f"outbox-marks-{self.channel}"),
+            asyncio.create_task(self._sweep_loop(), name=f"outbox-sweep-{self.channel}")]
+        found = await self._sweep()
+        if found:
+            logger.info("%s: %d replies left pending by the last run", self.channel, found)
 
     def enqueue(self, items: list[OutboxItem]) -> None:
+        """Queue one turn's replies (or other messages committed together)."""
+        by_address: dict[str, list[OutboxItem]] = {}
         for item in items:
-            if item.channel != self.channel:
+            if item.channel == self.channel and item.id not in self._queued:
+                by_address.setdefault(item.address, []).append(item)
+        for address, group in by_address.items():
+            queue = self._queues.setdefault(address, deque())
+            if _repeats_tail(queue, group):
+                for item in group:  # the recipient is about to read exactly this already
+                    self._mark(item.id, "coalesced", None)
                 continue
-            queue = self._queues.setdefault(item.address, deque())
-            queue.append(item)
-            if item.address not in self._workers:
+            queue.extend(group)
+            self._queued.update(item.id for item in group)
+            if address not in self._workers:
                 self._idle.clear()
-                self._workers[item.address] = asyncio.create_task(self._drain(item.address))
+                self._workers[address] = asyncio.create_task(self._drain(address))
 
     async def wait_idle(self) -> None:
         """Until everything queued is sent and marked (tests, shutdown)."""
         await self._idle.wait()
-        await self._flush()
+        await self._wait_flushed()
 
     async def stop(self) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), 5.0)
-        for task in list(self._workers.values()):
+        for task in [*self._workers.values(), *self._background]:
             task.cancel()
-        if self._flusher:
-            self._flusher.cancel()
+        for task in [*self._workers.values(), *self._background]:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-        await self._flush()
+                await task
+        try:
+            await self._flush()
+        except Exception as exc:  # the leases make the next start wait instead of resending
+            logger.error("%s: %d sent replies could not be marked at shutdown (%s)",
+                         self.channel, len(self._marks), exc)
+
+    # -- sending ----------------------------------------------------------------------------
 
     async def _drain(self, address: str) -> None:
         queue = self._queues[address]
@@ -115,9 +151,11 @@ class OutboxDispatcher:
                 async with self._slots:
                     delivered = await self._deliver(item)
                 queue.popleft()
+                self._queued.discard(item.id)
                 if delivered is None:  # unreachable: the rest for this address fails too
                     for rest in list(queue):
-                        await self._mark_failed(rest, "recipient unreachable")
+                        self._mark(rest.id, "failed", "recipient unreachable")
+                        self._queued.discard(rest.id)
                     queue.clear()
         finally:
             del self._queues[address]
@@ -126,14 +164,21 @@ class OutboxDispatcher:
                 self._idle.set()
 
     async def _deliver(self, item: OutboxItem) -> bool | None:
+        """True sent, False given up, None recipient unreachable; skipped rows count as sent."""
         for attempt in range(1, self.max_attempts + 1):
+            if not await self._claim(item):
+                return True  # sent or given up elsewhere
             try:
                 await self.send(item)
             except PermanentSendError as exc:
                 logger.warning("%s: %s unreachable: %s", self.channel, item.address, exc)
-                await self._mark_failed(item, str(exc))
+                self._mark(item.id, "failed", str(exc))
                 if self.on_unreachable:
-                    await self.on_unreachable(item, str(exc))
+                    try:
+                        await self.on_unreachable(item, str(exc))
+                    except Exception:
+                        logger.exception("%s: cannot record %s as unreachable", self.channel,
+                                         item.address)
                 return None
             except TransientSendError as exc:
                 delay = exc.retry_after if exc.retry_after is not None else min(
@@ -141,34 +186,135 @@ class OutboxDispatcher:
                 delay *= 1 if exc.retry_after is not None else random.uniform(0.8, 1.2)
                 logger.info("%s: send to %s failed (%s); retry %d in %.1fs", self.channel,
                             item.address, exc, attempt, delay)
-                await self.db.transaction(functools.partial(
-                    repo.mark_outbox, ids=[item.id], attempts=attempt, last_error=str(exc)[:500],
-                    not_before=datetime.now(UTC) + timedelta(seconds=delay)))
+                await self._note_retry(item, exc, delay)
                 await asyncio.sleep(delay)
             except Exception as exc:  # a bug in rendering: keep the row, say why
                 logger.exception("%s: cannot send outbox row %d", self.channel, item.id)
-                await self._mark_failed(item, f"{type(exc).__name__}: {exc}")
+                self._mark(item.id, "failed", f"{type(exc).__name__}: {exc}")
                 return False
             else:
-                self._sent.append(item.id)
-                self._flush_wakeup.set()
+                self._mark(item.id, "sent", None)
                 return True
-        await self._mark_failed(item, "gave up after retries")
+        self._mark(item.id, "failed", "gave up after retries")
         return False
 
-    async def _mark_failed(self, item: OutboxItem, error: str) -> None:
-        await self.db.transaction(functools.partial(
-            repo.mark_outbox, ids=[item.id], status="failed", last_error=error[:500]))
+    async def _claim(self, item: OutboxItem) -> bool:
+        """Commit the attempt before sending; False when the row is no longer ours to send.
+
+        Waits while another holder's lease runs (a process that died mid-send) and while the
+        database refuses writes: sending without a committed claim could send twice.
+        """
+        delay = 0.1
+        while True:
+            now = datetime.now(UTC)
+            try:
+                claimed, holder = await self.db.transaction(functools.partial(
+                    repo.claim_outbox, row_id=item.id, owner=self.owner, now=now,
+                    until=now + timedelta(seconds=self.lease)))
+            except Exception as exc:
+                self._database_refused("claim a reply before sending", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            self._database_works()
+            if claimed:
+                return True
+            if holder is None:  # already sent, failed or coalesced
+                return False
+            wait = (holder - now).total_seconds()
+            logger.info("%s: row %d is leased for %.0fs more; waiting", self.channel, item.id,
+                        wait)
+            await asyncio.sleep(max(0.05, wait))
+
+    async def _note_retry(self, item: OutboxItem, exc: Exception, delay: float) -> None:
+        try:
+            await self.db.transaction(functools.partial(
+                repo.mark_outbox, ids=[item.id], last_error=str(exc)[:500],
+                not_before=datetime.now(UTC) + timedelta(seconds=delay)))
+        except Exception as db_exc:  # only bookkeeping: the retry goes ahead
+            self._database_refused("note a retry", db_exc)
+
+    # -- marks --------------------------------------------------------------------------------
+
+    def _mark(self, row_id: int, status: str, error: str | None) -> None:
+        self._marks.append((row_id, status, error[:500] if error else None))
+        self._flushed.clear()
+        self._flush_wakeup.set()
+
+    async def _wait_flushed(self) -> None:
+        while self._marks:
+            self._flush_wakeup.set()
+            await self._flushed.wait()
 
     async def _flush_loop(self) -> None:
+        delay = 0.1
         while True:
             await self._flush_wakeup.wait()
             self._flush_wakeup.clear()
-            await asyncio.sleep(0.05)  # gather a batch of marks
-            await self._flush()
+            await asyncio.sleep(0.01)  # gather the marks of concurrent sends into one commit
+            try:
+                await self._flush()
+            except Exception as exc:
+                self._database_refused(f"mark {len(self._marks)} replies as sent", exc)
+                self._flush_wakeup.set()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            self._database_works()
+            delay = 0.1
+            if not self._marks:
+                self._flushed.set()
 
     async def _flush(self) -> None:
-        ids, self._sent = self._sent, []
-        if ids:
-            await self.db.transaction(functools.partial(
-                repo.mark_outbox, ids=ids, status="sent", sent_at=datetime.now(UTC)))
+        """Write the marks taken so far; on failure they stay for the next try."""
+        marks = self._marks[:]
+        if not marks:
+            return
+        await self.db.transaction(functools.partial(repo.mark_outbox_rows, marks=marks,
+                                                    now=datetime.now(UTC)))
+        del self._marks[:len(marks)]
+
+    # -- rows nobody queued: left by a crash, or failed to reach the queue ----------------------
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            try:
+                found = await self._sweep()
+            except Exception as exc:
+                self._database_refused("look for pending replies", exc)
+                continue
+            if found:
+                logger.info("%s: %d pending replies picked up", self.channel, found)
+
+    async def _sweep(self) -> int:
+        rows = await self.db.transaction(functools.partial(
+            repo.pending_outbox, channel=self.channel, limit=100_000))
+        fresh = [r for r in rows if r["id"] not in self._queued]
+        # One turn's replies share address and creation time: queue them as one group.
+        groups: dict[tuple[str, Any], list[OutboxItem]] = {}
+        for r in fresh:
+            groups.setdefault((r["address"], r["created_at"]), []).append(OutboxItem(
+                r["id"], r["channel"], r["address"], r["payload"], r["respondent_id"]))
+        for group in groups.values():
+            self.enqueue(group)
+        return len(fresh)
+
+    def _database_refused(self, what: str, exc: Exception) -> None:
+        if self._db_trouble is None:
+            logger.warning("%s outbox: the database refused to %s (%s); retrying with backoff",
+                           self.channel, what, exc)
+        self._db_trouble = what
+
+    def _database_works(self) -> None:
+        if self._db_trouble is not None:
+            logger.warning("%s outbox: the database accepts writes again", self.channel)
+            self._db_trouble = None
+
+
+def _repeats_tail(queue: deque[OutboxItem], group: list[OutboxItem]) -> bool:
+    """True when the last len(group) queued messages carry exactly these payloads."""
+    if len(queue) < len(group):
+        return False
+    tail = list(queue)[len(queue) - len(group):]
+    return all(a.payload == b.payload for a, b in zip(tail, group, strict=True))

@@ -29,6 +29,7 @@ from bot.language import LanguageDetector
 from bot.locks import KeyedLocks
 from bot.messages import Inbound, Reply
 from bot.outbox import OutboxItem
+from bot.spool import Spool
 from storage import repository as repo
 from storage.db import Database
 
@@ -69,6 +70,7 @@ class TurnResult:
     outbox: list[OutboxItem] = field(default_factory=list)
     state: dict[str, Any] | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
+    kept: bool = True  # False: the message could be stored nowhere (the reply says so)
 
     @property
     def outbox_ids(self) -> list[int]:
@@ -107,8 +109,10 @@ class ConversationService:
                  detector: LanguageDetector, *, clock: Callable[[], datetime] = utc_now,
                  reference_factory: Callable[[], str] = new_reference,
                  inline_channels: frozenset[str] = frozenset({"console"}),
-                 writers: int | None = None, max_batch: int = 64) -> None:
+                 writers: int | None = None, max_batch: int = 64,
+                 spool: Spool | None = None) -> None:
         self.db = db
+        self.spool = spool
         self.engines = engines
         self.default_questionnaire = default_questionnaire
         self.detector = detector
@@ -188,14 +192,16 @@ class ConversationService:
                     job.future.set_result(result)
 
     async def _fail(self, job: _Job) -> TurnResult:
-        """The database refused the turn: keep the message and the reason, answer politely."""
+        """The database refused the turn: keep the message and the reason, answer honestly."""
         logger.exception("turn failed for %s/%s", job.inbound.channel, job.inbound.user_id)
         reason = "".join(traceback.format_exception_only(*sys.exc_info()[:2])).strip()[:2000]
-        await self._record_failure(job.inbound, reason)
-        engine = self.engine_for(None)
+        kept = await self._record_failure(job.inbound, reason)
+        tr = self.engine_for(None).tr
+        lang = job.language if job.language in tr.languages else "en"
+        # "Kept" only when it is: in the database, or in the spool that the next start replays.
+        text = tr.t(lang, "error_internal" if kept else "error_not_saved")
         # Nothing could be written, so this reply is not in the outbox: the caller shows it.
-        return TurnResult([Reply(engine.tr.t("en", "error_internal"), "error", "en")],
-                          failed=True)
+        return TurnResult([Reply(text, "error", lang)], failed=True, kept=kept)
 
     # -- one batch, one transaction -------------------------------------------------------------
 
@@ -417,26 +423,66 @@ class ConversationService:
 
     # -- messages that never reach the engine ---------------------------------------------------
 
-    async def _record_failure(self, inbound: Inbound, reason: str) -> None:
-        """Keep the message and the reason when a turn could not be committed."""
-        try:
-            await self.db.transaction(functools.partial(
-                repo.insert_inbound, channel=inbound.channel, message_id=inbound.message_id,
-                user_id=inbound.user_id, kind=inbound.kind, payload=inbound.raw or inbound.text,
-                status="failed", reason=reason, now=self.clock()))
-        except Exception:
-            logger.exception("could not record failed inbound message %s", inbound.message_id)
+    async def _record_failure(self, inbound: Inbound, reason: str) -> bool:
+        """Keep the message and the reason when a turn could not be committed.
+
+        True when it is kept: in the database, else in the spool (replayed at next start).
+        """
+        return await self._keep(channel=inbound.channel, message_id=inbound.message_id,
+                                user_id=inbound.user_id, kind=inbound.kind,
+                                payload=inbound.raw or inbound.text, status="failed",
+                                reason=reason)
 
     async def record_unprocessed(self, *, channel: str, message_id: str, user_id: str | None,
                                  kind: str, payload: str, status: str, reason: str) -> bool:
         """Keep a message that never reaches the engine (auto-reply, bounce, group chat…).
 
-        Returns False when that message was recorded before (a duplicate delivery).
+        Returns False when that message was recorded before (a duplicate delivery). Raises
+        only when neither the database nor the spool could keep it.
         """
-        found = await self.db.transaction(functools.partial(
-            repo.insert_inbound, channel=channel, message_id=message_id, user_id=user_id,
-            kind=kind, payload=payload, status=status, reason=reason, now=self.clock()))
+        record = {"channel": channel, "message_id": message_id, "user_id": user_id,
+                  "kind": kind, "payload": payload, "status": status, "reason": reason}
+        try:
+            found = await self.db.transaction(functools.partial(
+                repo.insert_inbound, **record, now=self.clock()))
+        except Exception:
+            if await self._spool(record):
+                return True
+            raise
         return found is not None
+
+    async def _keep(self, **record: Any) -> bool:
+        try:
+            await self.db.transaction(functools.partial(repo.insert_inbound, **record,
+                                                        now=self.clock()))
+            return True
+        except Exception:
+            logger.exception("could not record failed inbound message %s", record["message_id"])
+        return await self._spool(record)
+
+    async def _spool(self, record: dict[str, Any]) -> bool:
+        if self.spool is None:
+            return False
+        record = {**record, "received_at": self.clock().isoformat()}
+        kept = await self.spool.append_async(record)
+        if kept:
+            logger.warning("%s message %s kept in the spool %s until the database takes it",
+                           record["channel"], record["message_id"], self.spool.path)
+        return kept
+
+    async def replay_spool(self) -> int:
+        """Store the messages a previous run could only keep in the spool."""
+        if self.spool is None:
+            return 0
+
+        async def keep(record: dict[str, Any]) -> None:
+            received = datetime.fromisoformat(record.pop("received_at"))
+            record["reason"] = (f"{record.get('reason') or ''} [the database refused it at "
+                                f"{received:%Y-%m-%d %H:%M:%S} UTC; kept in the spool]").strip()
+            await self.db.transaction(functools.partial(repo.insert_inbound, **record,
+                                                        now=received))
+
+        return await self.spool.replay(keep)
 
 
 def _default_turn(engine: Engine, state: dict, inbound: Inbound, now: datetime,

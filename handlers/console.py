@@ -58,6 +58,14 @@ def parse_line(line: str, json_mode: bool) -> tuple[str, str]:
     return "text", line
 
 
+def _read_line(lines: TextIO) -> str:
+    """One line; bytes that are not UTF-8 become U+FFFD instead of ending the session."""
+    buffer = getattr(lines, "buffer", None)
+    if buffer is not None:
+        return buffer.readline().decode("utf-8", "replace")
+    return lines.readline()
+
+
 class ConsoleChannel:
     def __init__(self, service: ConversationService, user: str, *, language: str | None,
                  json_mode: bool, out: TextIO = sys.stdout) -> None:
@@ -93,7 +101,7 @@ class ConsoleChannel:
             if interactive:
                 self.out.write("> ")
                 self.out.flush()
-            line = await asyncio.to_thread(lines.readline)  # keep the loop free
+            line = await asyncio.to_thread(_read_line, lines)  # keep the loop free
             if not line:
                 return 0
             kind, value = parse_line(line, self.json_mode)

@@ -55,8 +55,25 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached or opened; the message says where and why."""
+
+
+async def check_connection(engine: AsyncEngine, seconds: float = 15.0) -> None:
+    where = engine.url.render_as_string(hide_password=True)
+    try:
+        async with asyncio.timeout(seconds), engine.connect():
+            pass
+    except Exception as exc:  # refused, unknown host, bad password, no such database, ...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, TimeoutError):
+            reason = f"no answer within {seconds:.0f} s"
+        raise DatabaseUnavailable(f"cannot connect to {where} ({reason})") from None
+
+
 async def upgrade(engine: AsyncEngine) -> None:
     """Bring the schema to the latest migration (idempotent; runs at every start-up)."""
+    await check_connection(engine)
     url = engine.url.render_as_string(hide_password=False)
 
     def run(connection: Connection) -> None:

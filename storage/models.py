@@ -111,8 +111,13 @@ class OutboxMessage(Base):
     respondent_id: Mapped[int | None] = mapped_column(BigId)
     address: Mapped[str] = mapped_column(String(320))
     payload: Mapped[dict] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16))  # pending | sent | failed
+    # pending | sent | failed | coalesced (an identical reply to the same address was pending)
+    status: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # A sender commits its claim before sending: until the lease ends nobody else (a
+    # restarted process, another replica) sends the row again.
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, insert, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -108,9 +108,70 @@ def pending_outbox(conn: Connection, channel: str, limit: int = 500) -> list[Any
     return list((conn.execute(stmt)).mappings())
 
 
+def claim_outbox(conn: Connection, *, row_id: int, owner: str, now: datetime,
+                 until: datetime) -> tuple[bool, datetime | None]:
+    """Take the lease on a pending row before sending it.
+
+    (True, None): claimed. (False, until): another holder's lease runs until then.
+    (False, None): the row is no longer pending (sent, failed or coalesced).
+    """
+    free = or_(outbox.c.lease_until.is_(None), outbox.c.lease_until <= now,
+               outbox.c.lease_owner == owner)
+    claimed = conn.execute(
+        update(outbox).where(and_(outbox.c.id == row_id, outbox.c.status == "pending", free))
+        .values(attempts=outbox.c.attempts + 1, lease_owner=owner, lease_until=until)).rowcount
+    if claimed:
+        return True, None
+    row = conn.execute(select(outbox.c.status, outbox.c.lease_until)
+                       .where(outbox.c.id == row_id)).one_or_none()
+    if row is None or row.status != "pending" or row.lease_until is None:
+        return False, None
+    held = row.lease_until
+    return False, held if held.tzinfo else held.replace(tzinfo=UTC)
+
+
 def mark_outbox(conn: Connection, ids: Sequence[int], **values: Any) -> None:
     if ids:
         conn.execute(update(outbox).where(outbox.c.id.in_(list(ids))).values(**values))
+
+
+def mark_outbox_rows(conn: Connection, *, marks: Sequence[tuple[int, str, str | None]],
+                     now: datetime) -> None:
+    """(row id, status, error) marks: one UPDATE per distinct (status, error); lease ended."""
+    grouped: dict[tuple[str, str | None], list[int]] = {}
+    for row_id, status, error in marks:
+        grouped.setdefault((status, error), []).append(row_id)
+    for (status, error), ids in grouped.items():
+        values: dict[str, Any] = {"status": status, "lease_until": None}
+        if status == "sent":
+            values["sent_at"] = now
+        if error is not None:
+            values["last_error"] = error
+        mark_outbox(conn, ids, **values)
+
+
+def failed_outbox(conn: Connection) -> list[Any]:
+    """(channel, last_error, count) of the rows given up on: what `capbot stats` reports."""
+    stmt = (select(outbox.c.channel, outbox.c.last_error, func.count().label("count"))
+            .where(outbox.c.status == "failed")
+            .group_by(outbox.c.channel, outbox.c.last_error)
+            .order_by(outbox.c.channel, func.count().desc()))
+    return list(conn.execute(stmt))
+
+
+def retry_failed_outbox(conn: Connection, *, channel: str | None = None,
+                        include_unreachable: bool = False) -> int:
+    """Put rows given up on back to pending; the running dispatcher's sweep sends them."""
+    where = [outbox.c.status == "failed"]
+    if channel:
+        where.append(outbox.c.channel == channel)
+    if not include_unreachable:
+        reachable = select(respondents.c.id).where(respondents.c.unreachable.is_(False))
+        where.append(or_(outbox.c.respondent_id.is_(None),
+                         outbox.c.respondent_id.in_(reachable)))
+    return conn.execute(update(outbox).where(and_(*where)).values(
+        status="pending", attempts=0, lease_owner=None, lease_until=None,
+        not_before=None)).rowcount
 
 
 def existing_inbound(conn: Connection, channel: str,

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from bot.i18n import LANGUAGES, Translations
 from bot.questionnaire import Question, Questionnaire
 from storage.export import DatabaseLike, reading_connection
-from storage.models import answers, respondents, submissions
+from storage.models import answers, outbox, respondents, submissions
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,19 @@ async def _collect(conn: AsyncConnection, qn: Questionnaire,
                                            per_activity=True)
     stats["need_areas"] = await _areas(conn, qn, labels, NEED_AREAS_QUESTION,
                                        per_activity=False, top=TOP_NEEDS_QUESTION)
+    stats["undelivered"] = await _undelivered(conn)
     return stats
+
+
+async def _undelivered(conn: AsyncConnection) -> list[dict[str, Any]]:
+    """Messages not delivered yet (pending) or given up on (failed), per channel and reason;
+    `capbot outbox retry` puts the failed ones back in the queue."""
+    stmt = (select(outbox.c.channel, outbox.c.status, outbox.c.last_error, func.count())
+            .where(outbox.c.status.in_(("pending", "failed")))
+            .group_by(outbox.c.channel, outbox.c.status, outbox.c.last_error)
+            .order_by(outbox.c.channel, outbox.c.status, func.count().desc()))
+    return [{"channel": channel, "status": status, "reason": error or "", "messages": n}
+            for channel, status, error, n in (await conn.execute(stmt)).all()]
 
 
 def _table(rows: Iterable[tuple[Any, str, int]], label_of) -> list[dict[str, Any]]:
@@ -362,4 +374,8 @@ def format_stats(stats: dict[str, Any], lang: str = "en") -> str:
                          ["code", "name", "reports", "top-3"],
                          [[e["code"], _cut(_label(e, lang)), e["reports"], e.get("top3", 0)]
                           for e in stats["need_areas"]], 2))
+    lines.extend(_render("Messages not delivered (failed ones: capbot outbox retry)",
+                         ["channel", "status", "reason", "messages"],
+                         [[e["channel"], e["status"], _cut(e["reason"], 60), e["messages"]]
+                          for e in stats["undelivered"]], 3))
     return "\n".join(lines) + "\n"

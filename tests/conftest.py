@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,11 +46,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-async def make_app() -> AsyncIterator[Callable]:
+async def make_app(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Callable]:
     """Build apps (the real composition root) and close them after the test."""
     apps: list[App] = []
+    spools = tmp_path_factory.mktemp("spool")
 
     async def factory(database_url: str, **settings) -> App:
+        # One spool per database, as in production: an app reopened on it replays it.
+        key = hashlib.sha256(database_url.encode()).hexdigest()[:12]
+        settings.setdefault("spool_path", spools / f"{key}.spool")
         app = await build_app(load_settings(database_url=database_url, **settings))
         apps.append(app)
         return app

@@ -3,8 +3,17 @@
 For every fetched message, in this order: parse (pure), record it in the database with its
 raw bytes (through the service's turn, or as an unprocessed message), and only then report
 its UID as done so the watcher flags and moves it. Mail that is not from a person
-(auto-replies, bounces, read receipts, lists, our own) is recorded and never answered; at
-most `email_daily_reply_cap` replies go to one address per UTC day (loop guard).
+(auto-replies, bounces, read receipts, lists, our own) is recorded and never answered.
+
+`From` is easy to forge, so once an address has a report, only mail that proves it came
+through our mail changes it: a valid reply token for that report (plus-address or subject
+tag), or, when CAPBOT_EMAIL_TRUST_AUTH_RESULTS names our receiving server, its aligned
+DMARC/DKIM/SPF pass (authres.py). Other mail from that address changes nothing; it is kept
+as "rejected" with the reason, and the address gets one short notice with a fresh token.
+
+Loop guard: at most `email_daily_reply_cap` replies go to one address per UTC day for mail
+that passed, and `email_unverified_reply_cap` for the notices to mail that did not, counted
+apart so that forged mail can neither use up a person's replies nor flood them.
 """
 
 from __future__ import annotations
@@ -33,11 +42,12 @@ from bot.outbox import OutboxDispatcher, OutboxItem
 from storage import repository as repo
 from storage.models import outbox, respondents, submissions
 
+from .authres import verified_from
 from .imap import Fetched, ImapConfig, ImapWatcher
 from .parsing import ParsedMail, normalize_address, parse_message
 from .render import build_message, format_address, render_html, render_text
 from .smtp import SmtpConfig, SmtpSender
-from .tokens import make_token, verify_token
+from .tokens import TokenClaims, make_token, verify_token
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -99,11 +109,20 @@ class ReplyBudget:
         self.cap = cap
         self.day = datetime.now(UTC).date()
         self.counts: dict[str, int] = defaultdict(int)
+        self.refused: set[str] = set()  # addresses told about in the log today
 
     def _roll(self) -> None:
         today = datetime.now(UTC).date()
         if today != self.day:
-            self.day, self.counts = today, defaultdict(int)
+            self.day, self.counts, self.refused = today, defaultdict(int), set()
+
+    def first_refusal(self, address: str) -> bool:
+        """True the first time today that address is over the cap (log it once, not per mail)."""
+        self._roll()
+        if address in self.refused:
+            return False
+        self.refused.add(address)
+        return True
 
     def allows(self, address: str) -> bool:
         self._roll()
@@ -113,6 +132,9 @@ class ReplyBudget:
         self._roll()
         for address in addresses:
             self.counts[address] += 1
+
+
+UNVERIFIED = "unverified"  # payload["cap"] of replies counted on the unverified budget
 
 
 @dataclass(slots=True)
@@ -146,6 +168,8 @@ class EmailChannel:
         self.max_bytes = s.email_max_bytes
         self.forms = {qid: MailForm(engine) for qid, engine in app.engines.items()}
         self.budget = ReplyBudget(s.email_daily_reply_cap)
+        self.unverified_budget = ReplyBudget(s.email_unverified_reply_cap)
+        self.trusted_authserv = (s.email_trust_auth_results or "").strip() or None
         self.sender = SmtpSender(SmtpConfig(
             host=s.smtp_host, port=s.smtp_port, security=s.smtp_security, user=s.smtp_user,
             password=s.smtp_password, cafile=s.smtp_cafile, timeout=s.smtp_timeout,
@@ -153,7 +177,8 @@ class EmailChannel:
         # Mail may wait out a long SMTP outage: ~20 attempts, backing off to 10 minutes.
         self.dispatcher = OutboxDispatcher(app.database, CHANNEL, self._send,
                                            on_unreachable=self._unreachable, max_attempts=20,
-                                           max_delay=600.0)
+                                           max_delay=600.0,
+                                           lease=app.settings.outbox_lease_seconds)
         self.watcher = ImapWatcher(ImapConfig(
             host=s.imap_host, port=s.imap_port, user=s.imap_user or "",
             password=s.imap_password or "", security=s.imap_security, folder=s.imap_folder,
@@ -181,12 +206,14 @@ class EmailChannel:
 
     async def _seed_budget(self) -> None:
         start = datetime.combine(datetime.now(UTC).date(), datetime.min.time(), UTC)
-        stmt = (select(outbox.c.address, func.count()).where(
+        cap = outbox.c.payload["cap"].as_string()
+        stmt = (select(outbox.c.address, cap, func.count()).where(
             outbox.c.channel == CHANNEL, outbox.c.created_at >= start)
-            .group_by(outbox.c.address))
+            .group_by(outbox.c.address, cap))
         async with self.app.db.connect() as conn:
-            for address, count in await conn.execute(stmt):
-                self.budget.counts[address] = count
+            for address, kind, count in await conn.execute(stmt):
+                budget = self.unverified_budget if kind == UNVERIFIED else self.budget
+                budget.counts[address] += count
 
     # -- inbound -------------------------------------------------------------------------------
 
@@ -261,6 +288,7 @@ class EmailChannel:
                                                           "limit": _size(self.max_bytes)}))
             return True
         owner, delegate = sender, None
+        claims: TokenClaims | None = None
         if mail.token:
             claims = verify_token(self.secret, mail.token, int(time.time()))
             if claims is not None and not claims.matches_address(sender):
@@ -271,10 +299,23 @@ class EmailChannel:
                                    reason="reply token forged, expired or unknown",
                                    notice=("mail_bad_token", {}))
                 return True
+        if delegate is None:
+            draft = await self._report_of(sender)
+            why = self._unproven(mail, claims, draft)
+            if draft is not None and why is not None:
+                # Not shown to be the owner's: nothing changes. The owner gets a notice with
+                # a fresh token, so a genuine mail costs one more reply, a forged one nothing.
+                logger.info("email %s from %s changes nothing: %s", mail.message_id, sender,
+                            why)
+                form = self.forms.get(draft.get("questionnaire")) \
+                    or self.forms[self.app.questionnaire.id]
+                await self._record(fetched, mail, status="rejected", reason=f"unverified: {why}",
+                                   doc=form.verify_doc(draft), ref=draft["ref"])
+                return True
         allowed = frozenset(a for a in {sender, owner} if self.budget.allows(a))
         if sender not in allowed:
-            logger.warning("daily reply cap reached for %s: recording without answering",
-                           sender)
+            log = logger.warning if self.budget.first_refusal(sender) else logger.info
+            log("daily reply cap reached for %s: recording without answering", sender)
         ctx = _Context(mail, delegate, allowed, mail.subject)
         inbound = Inbound(CHANNEL, owner, mail.message_id, "text",
                           text=mail.reply_text or mail.subject,
@@ -297,6 +338,37 @@ class EmailChannel:
         local, _, domain = address.rpartition("@")
         return domain == self.domain and local.split("+", 1)[0] == self.local
 
+    async def _report_of(self, address: str) -> dict[str, Any] | None:
+        """The conversation state of address's report, if it has begun (else None)."""
+        stmt = (select(respondents.c.state)
+                .where(respondents.c.channel == CHANNEL,
+                       respondents.c.channel_user_id == address).limit(1))
+        async with self.app.db.connect() as conn:
+            state = (await conn.execute(stmt)).scalar()
+        if not state or not state.get("ref"):
+            return None
+        return state if state.get("phase") != "new" or state.get("answers") else None
+
+    def _unproven(self, mail: ParsedMail, claims: TokenClaims | None,
+                  report: dict[str, Any] | None) -> str | None:
+        """Why mail from the owner's own address may not change report; None when it may."""
+        if report is None:
+            return None  # nothing to protect: a new report starts
+        if claims is not None:
+            if claims.ref == report["ref"]:
+                return None
+            return f"reply token is for report {claims.ref}, not {report['ref']}"
+        why = f"no reply token for report {report['ref']}"
+        if self.trusted_authserv:
+            method = verified_from(mail.auth_results, self.trusted_authserv,
+                                   mail.from_address)
+            if method:
+                logger.info("email %s from %s: no reply token, From proven by %s (%s)",
+                            mail.message_id, mail.from_address, self.trusted_authserv, method)
+                return None
+            why += f", and no aligned DMARC/DKIM/SPF pass from {self.trusted_authserv}"
+        return why
+
     async def _owner_of(self, ref: str) -> str | None:
         stmt = (select(respondents.c.channel_user_id)
                 .select_from(submissions.join(respondents,
@@ -307,20 +379,29 @@ class EmailChannel:
             return (await conn.execute(stmt)).scalar()
 
     async def _record(self, fetched: Fetched, mail: ParsedMail, *, status: str, reason: str,
-                      notice: tuple[str, dict[str, Any]] | None = None) -> bool:
-        """Keep a message that does not reach the engine; a notice goes in the same commit."""
+                      notice: tuple[str, dict[str, Any]] | None = None,
+                      doc: Doc | None = None, ref: str | None = None) -> bool:
+        """Keep a message that does not reach the engine; a notice (notice: a catalog key
+        and values; or doc, with ref to carry a fresh token for that report) goes in the same
+        commit. Such mail is not shown to be its sender's, so the notice is counted on the
+        unverified budget."""
         # Oversized mail is kept as its headers only (the whole message stays on the server).
         too_large = mail.too_large or fetched.size > self.max_bytes
         raw = _header_block(fetched.raw) if too_large else fetched.raw
         sender = mail.from_address
         items: list[dict[str, Any]] = []
-        if notice and mail.can_reply and sender and self.budget.allows(sender):
+        if notice and doc is None:
             lang = self._notice_language(mail)
             form = self.forms[self.app.questionnaire.id]
             doc = form.notice_doc(lang, notice[0], **notice[1])
-            reply = self._reply(doc, mail=mail, to=None, reply=True, ref=None, index=0)
+        if doc and mail.can_reply and sender and self.unverified_budget.allows(sender):
+            reply = self._reply(doc, mail=mail, to=None, reply=True, ref=ref, index=0)
             items.append({"channel": CHANNEL, "address": sender,
-                          "payload": _payload(reply)})
+                          "payload": {**_payload(reply), "cap": UNVERIFIED}})
+        elif doc and mail.can_reply and sender:
+            log = logger.warning if self.unverified_budget.first_refusal(sender) else logger.info
+            log("daily cap of notices to unverified mail reached for %s: recording without "
+                "answering", sender)
         now = self.service.clock()
 
         def write(conn: Connection) -> list[OutboxItem] | None:
@@ -334,7 +415,7 @@ class EmailChannel:
 
         created = await self.app.database.transaction(write)
         if created:
-            self.budget.spend(item.address for item in created)
+            self.unverified_budget.spend(item.address for item in created)
             self.dispatcher.enqueue(created)
         return created is not None
 
@@ -377,7 +458,7 @@ class EmailChannel:
         subject = doc.subject
         extra: dict[str, Any] = {"ref": ref, "to": to}
         if reply:
-            if doc.kind != "form":
+            if doc.kind not in ("form", "verify"):  # verify: not the subject of a forgery
                 subject = reply_subject(mail.subject, doc.subject)
             if not mail.message_id_synthesized:
                 extra["in_reply_to"] = mail.message_id

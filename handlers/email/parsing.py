@@ -92,6 +92,8 @@ class ParsedMail:
     token: str | None  # reply token found in Delivered-To/To/Cc/Subject, not yet verified
     defects: tuple[str, ...]  # names of the parser's defects, for the quarantine log
     message_id_synthesized: bool = False  # True when the mail had no usable Message-ID
+    # Authentication-Results values, top to bottom (see authres.py: only ours is trusted)
+    auth_results: tuple[str, ...] = ()
 
     @property
     def can_reply(self) -> bool:
@@ -494,4 +496,5 @@ def _parse(data: bytes, max_bytes: int) -> ParsedMail:
         token=token,
         defects=defects,
         message_id_synthesized=not ids,
+        auth_results=tuple(raw_headers(msg, "Authentication-Results")),
     )

@@ -4,6 +4,10 @@ A new STARTTLS connection per message costs ~40 ms here, a reused one ~3 ms, so 
 are kept open and reused; a connection the server dropped is reopened once, transparently.
 Errors are sorted for the outbox: 5xx for a recipient is permanent, everything else
 (4xx, network, timeouts) is transient and retried with backoff by the dispatcher.
+
+An outage (cannot connect, dropped connection, timeout, 421) is logged once at WARNING
+when it begins, and again at WARNING when a message goes through after it; the retries in
+between are for the dispatcher's INFO lines.
 """
 
 from __future__ import annotations
@@ -52,6 +56,26 @@ class SmtpSender:
         self._open: set[aiosmtplib.SMTP] = set()
         self._closed = False
         self.connects = 0  # connections opened (tests check that they are reused)
+        self.down_since: float | None = None  # monotonic time of the outage's first failure
+        self._failed_while_down = 0
+
+    def _down(self, why: str) -> None:
+        if self.down_since is None:
+            self.down_since, self._failed_while_down = time.monotonic(), 1
+            logger.warning("SMTP server %s:%d is not taking mail (%s): it waits in the "
+                           "outbox and is retried", self.config.host, self.config.effective_port,
+                           why)
+        else:
+            self._failed_while_down += 1
+            logger.debug("SMTP server still unreachable: %s", why)
+
+    def _up(self) -> None:
+        if self.down_since is not None:
+            logger.warning("SMTP server %s:%d takes mail again: flowing after %.0f s "
+                           "(%d attempts failed meanwhile)", self.config.host,
+                           self.config.effective_port, time.monotonic() - self.down_since,
+                           self._failed_while_down)
+            self.down_since = None
 
     def _tls_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.config.cafile)
@@ -99,7 +123,11 @@ class SmtpSender:
         if self._closed:
             raise TransientSendError("sender is closed")
         async with self._slots:
-            client = await self._checkout()
+            try:
+                client = await self._checkout()
+            except TransientSendError as exc:
+                self._down(str(exc))
+                raise
             try:
                 # A pooled connection may have been dropped by the server: retry once on a
                 # fresh one before calling it a failure.
@@ -113,18 +141,25 @@ class SmtpSender:
                             raise
                         client = await self._connect()
             except aiosmtplib.SMTPResponseException as exc:  # refused sender/recipient/data
+                if exc.code == 421:  # "service not available, closing channel"
+                    self._down(f"{exc.code} {exc.message}")
                 await self._reset_or_discard(client)
                 if 500 <= exc.code < 600 and exc.code not in (500, 502, 503, 504, 530):
                     raise PermanentSendError(f"{exc.code} {exc.message}") from exc
                 raise TransientSendError(f"{exc.code} {exc.message}") from exc
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 await self._discard(client)
+                self._down(f"{type(exc).__name__}: {exc}")
                 raise TransientSendError(f"{type(exc).__name__}: {exc}") from exc
+            except TransientSendError as exc:  # the reconnection after a drop failed
+                self._down(str(exc))
+                raise
             except BaseException:
                 await self._discard(client)
                 raise
             else:
                 self._idle.put_nowait((client, time.monotonic()))
+                self._up()
 
     @staticmethod
     async def _transaction(client: aiosmtplib.SMTP, mail_from: str, recipients: Sequence[str],

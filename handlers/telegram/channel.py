@@ -1,9 +1,11 @@
 """The Telegram channel: python-telegram-bot driven inside capbot's event loop, as a courier.
 
-Updates come by long polling (default) or by webhook (CAPBOT_TELEGRAM_WEBHOOK_URL), are
+Updates come by long polling (default) or by webhook (CAPBOT_TELEGRAM_WEBHOOK_URL) through
+handlers.telegram.intake, which confirms each to Telegram only after it is kept. They are
 processed concurrently across chats and in order within a chat, translated to neutral inbound
-messages and handed to the conversation service. Replies leave through the outbox dispatcher
-after the turn is committed, paced to Telegram's flood limits.
+messages and handed to the conversation service; a chat past the inbound rate limit is recorded
+but not answered. Replies leave through the outbox dispatcher after the turn is committed,
+paced to Telegram's flood limits.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ import hashlib
 import json
 import logging
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from telegram import BotCommand, BotCommandScopeChat, Update
 from telegram.error import BadRequest, InvalidToken, NetworkError, TelegramError
-from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
+from telegram.ext import Application, ApplicationBuilder
 
 from bot.config import ConfigError
 from bot.engine import awaiting_key
@@ -29,10 +31,12 @@ from bot.outbox import OutboxDispatcher, OutboxItem
 from bot.service import TurnResult
 from handlers.telegram.admin import AdminCommands
 from handlers.telegram.http11 import Http11Request
+from handlers.telegram.intake import Poller, WebhookServer
 from handlers.telegram.ordering import PerChatUpdateProcessor
 from handlers.telegram.ratelimit import ChatRateLimiter
 from handlers.telegram.request import RawUpdatesRequest
 from handlers.telegram.sender import TelegramSender, TurnHint
+from handlers.telegram.throttle import InboundThrottle
 from handlers.telegram.translate import (
     CHANNEL,
     CallbackCodec,
@@ -87,8 +91,12 @@ class TelegramChannel:
         self.sender = TelegramSender(self.application.bot, self.codec)
         self.dispatcher = OutboxDispatcher(app.database, CHANNEL, self.sender.send,
                                            on_unreachable=self._unreachable,
-                                           max_attempts=30, concurrency=concurrency)
+                                           max_attempts=30, concurrency=concurrency,
+                                           lease=app.settings.outbox_lease_seconds)
         self.admin = AdminCommands(app, self.sender, self.notify)
+        self.throttle = InboundThrottle(self.settings.telegram_inbound_limit,
+                                        self.settings.telegram_inbound_window)
+        self._intake: Poller | WebhookServer | None = None
         self._running = False
         self._listening = False
         self._tasks: set[asyncio.Task] = set()
@@ -107,7 +115,7 @@ class TelegramChannel:
         builder = (ApplicationBuilder().token(s.telegram_token)
                    .request(self._request)
                    .get_updates_request(self._updates_request)
-                   .concurrent_updates(self.processor)
+                   .updater(None)  # handlers.telegram.intake fetches, and confirms when kept
                    .job_queue(None))
         if s.telegram_api_url:
             builder = builder.base_url(s.telegram_api_url).base_file_url(
@@ -116,10 +124,7 @@ class TelegramChannel:
             builder = builder.rate_limiter(ChatRateLimiter(
                 overall_max_rate=30 if s.telegram_rate_limit else 0,
                 chat_rate=s.telegram_chat_rate, chat_burst=s.telegram_chat_burst))
-        application = builder.build()
-        application.add_handler(TypeHandler(Update, self._on_update))
-        application.add_error_handler(self._on_error)
-        return application
+        return builder.build()
 
     @property
     def webhook_mode(self) -> bool:
@@ -168,30 +173,32 @@ class TelegramChannel:
         self._running = True
         await self.dispatcher.start()  # replies left pending by the last run go first
         await application.start()
-        updater = application.updater
-        assert updater is not None
+        s = self.settings
         if self.webhook_mode:
-            s = self.settings
             url = s.telegram_webhook_url
-            await updater.start_webhook(
-                listen=s.telegram_webhook_listen, port=s.telegram_webhook_port,
-                url_path=urlsplit(url).path.lstrip("/"), webhook_url=url,
-                secret_token=webhook_secret(s), allowed_updates=list(ALLOWED_UPDATES),
-                max_connections=40)
+            assert url is not None
+            self._intake = WebhookServer(
+                application.bot, self.dispatch, url=url, listen=s.telegram_webhook_listen,
+                port=s.telegram_webhook_port, path=urlsplit(url).path,
+                secret=webhook_secret(s), allowed_updates=ALLOWED_UPDATES, max_connections=40,
+                keep=self._updates_request.keep)
+            await self._intake.start()
             logger.info("telegram: webhook on %s:%s for %s", s.telegram_webhook_listen,
                         s.telegram_webhook_port, url)
         else:
-            await updater.start_polling(
-                poll_interval=0, timeout=timedelta(seconds=self.poll_timeout),
-                allowed_updates=list(ALLOWED_UPDATES), error_callback=self._polling_error)
+            self._intake = Poller(application.bot, self.dispatch, timeout=self.poll_timeout,
+                                  allowed_updates=ALLOWED_UPDATES,
+                                  forget=self._updates_request.forget)
+            await self._intake.start()
             logger.info("telegram: long polling as @%s", self._bot_username)
         await self.set_commands()
 
     async def stop(self) -> None:
         """Stop fetching, finish the updates already fetched, send what they committed."""
         application = self.application
-        if application.updater is not None and application.updater.running:
-            await application.updater.stop()
+        if self._intake is not None:
+            await self._intake.stop()
+            self._intake = None
         if application.running:
             await application.stop()
         for task in list(self._tasks):
@@ -212,7 +219,12 @@ class TelegramChannel:
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # retrieved: logged here
+            logger.error("telegram: background task failed", exc_info=task.exception())
 
     async def set_commands(self) -> None:
         """The command menu in each language (Telegram picks by the user's app language);
@@ -242,7 +254,12 @@ class TelegramChannel:
 
     # -- updates ------------------------------------------------------------------------------
 
-    async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    async def dispatch(self, update: Update) -> None:
+        """Handle one update in its chat's turn; returns once it is kept (its turn or its
+        record committed), raises if it could not be kept."""
+        await self.processor.process_update(update, self._process(update))
+
+    async def _process(self, update: Update) -> None:
         try:
             await self._handle_update(update)
         finally:
@@ -274,6 +291,11 @@ class TelegramChannel:
             return
         if event.callback_query_id:
             self._spawn(self._answer_query(event.callback_query_id))
+        if event.route in ("turn", "admin", "edited") and event.chat_id is not None:
+            verdict = self.throttle.check(event.chat_id)
+            if verdict != "pass":
+                await self._throttled(event, verdict == "notice")
+                return
         if event.route == "turn":
             await self._turn(event)
         elif event.route == "admin":
@@ -331,6 +353,18 @@ class TelegramChannel:
         awaiting = awaiting_key(state) if state else None
         return TurnHint(awaiting, answered, event.pressed, stale)
 
+    async def _throttled(self, event: TelegramEvent, notice: bool) -> None:
+        """Over the chat's inbound rate: keep the update with the reason, answer at most once."""
+        t = self.throttle
+        reason = f"over {t.limit} updates in {t.window:g} s from this chat; not answered"
+        fresh = await self._record(event.message_id, event.address, event.kind, event.raw,
+                                   "throttled", reason)
+        if fresh and notice and event.chat_id is not None:
+            logger.info("telegram: chat %s is over the inbound rate; throttled", event.chat_id)
+            lang = self.chat_language(event)
+            await self.notify(event.chat_id, self.app.translations.t(
+                lang, "telegram.throttled"), lang)
+
     async def _group(self, event: TelegramEvent) -> None:
         fresh = await self._record_event(event, "rejected")
         if not fresh or not event.explain or event.chat_id is None:
@@ -376,14 +410,11 @@ class TelegramChannel:
 
     async def _record(self, message_id: str, address: str | None, kind: str, raw: str,
                       status: str, reason: str | None) -> bool:
-        """Keep an update that does not reach the engine; False if it was seen before."""
-        try:
-            return await self.app.service.record_unprocessed(
-                channel=CHANNEL, message_id=message_id, user_id=address, kind=kind[:16],
-                payload=raw, status=status, reason=reason or "")
-        except Exception:
-            logger.exception("cannot record update %s", message_id)
-            return False
+        """Keep an update that does not reach the engine; False if it was seen before. Raises
+        when the database refuses it: the update is then not confirmed to Telegram."""
+        return await self.app.service.record_unprocessed(
+            channel=CHANNEL, message_id=message_id, user_id=address, kind=kind[:16],
+            payload=raw, status=status, reason=reason or "")
 
     async def _say_directly(self, chat: int, text: str) -> None:
         try:
@@ -392,9 +423,10 @@ class TelegramChannel:
             logger.warning("telegram: cannot tell chat %s about a failed turn: %s", chat, exc)
 
     async def _answer_query(self, query_id: str) -> None:
+        """Stops the button's spinner; a failure costs only that (the turn goes on)."""
         try:
             await self.sender.api("answerCallbackQuery", callback_query_id=query_id)
-        except TelegramError as exc:  # too old, or already answered: only the spinner
+        except Exception as exc:  # too old, answered, network, blocked: mapped by sender.call
             logger.debug("answerCallbackQuery %s: %s", query_id, exc)
 
     async def _unreachable(self, item: OutboxItem, reason: str) -> None:
@@ -409,9 +441,3 @@ class TelegramChannel:
         if changed:
             logger.info("telegram: chat %s is %s", address,
                         "unreachable (bot blocked)" if unreachable else "reachable again")
-
-    def _polling_error(self, exc: TelegramError) -> None:
-        logger.warning("telegram: getUpdates failed (%s); PTB retries", exc)
-
-    async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
-        logger.error("telegram: error while handling an update", exc_info=context.error)

@@ -160,6 +160,15 @@ class RawUpdatesRequest(BaseRequest):
     def pop_raw(self, update_id: int) -> tuple[dict, str] | None:
         return self._raw.pop(update_id, None)
 
+    def keep(self, update_id: int, update: dict, text: str) -> None:
+        """An update that came another way (a webhook delivery), for pop_raw."""
+        self._raw[update_id] = (update, text)
+        while len(self._raw) > self._max_kept:
+            del self._raw[next(iter(self._raw))]
+
+    def forget(self, update_id: int) -> None:
+        self._raw.pop(update_id, None)
+
 
 _DECODER = json.JSONDecoder()
 _SPACE = " \t\r\n,"

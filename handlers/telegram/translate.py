@@ -98,15 +98,21 @@ class CallbackCodec:
         return token
 
     def decode(self, data: str | None) -> tuple[str | None, str] | None:
-        """(slot or None, code), or None when the data is not ours or no longer known."""
+        """(slot, code), or None when the data is not ours or no longer known.
+
+        Every button capbot sends names the slot it answers, and the engine checks that slot
+        against the one it awaits (a press on an older question is stale). Data without a slot
+        ("|CODE", which no client of ours sends) would skip that check, so it does not decode.
+        """
         if not data:
             return None
         if data.startswith("#"):
-            return self._by_token.get(data)
+            pair = self._by_token.get(data)
+            return pair if pair is not None and pair[0] else None
         slot, sep, code = data.partition("|")
-        if not sep or not code:
+        if not sep or not code or not slot:
             return None
-        return slot or None, code
+        return slot, code
 
     def _forget_learned(self) -> None:
         kept = list(self._by_token.items())[: self._known]

@@ -9,148 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import email
-import email.policy
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import select
 
-from bot.app import App
 from handlers.email.channel import EmailChannel, decode_raw
 from handlers.email.smtp import SmtpConfig, SmtpSender
 from handlers.email.tokens import find_token, make_token
 from storage.models import answers, events, inbound_messages, outbox, submissions
-from tests.support.servers import Dovecot, ImapSettings, SmtpCapture, free_port
-
-FIXTURES = Path(__file__).parent / "fixtures"
-ROOT = Path(__file__).resolve().parents[2]
-WAIT = 20.0  # seconds: an upper bound, not an expectation
-
-
-def settings_for(imap: ImapSettings, smtp_port: int, **extra: Any) -> dict[str, Any]:
-    base = {"imap_host": imap.host, "imap_port": imap.port, "imap_user": imap.user,
-            "imap_password": imap.password, "imap_security": "plain",
-            "smtp_host": "127.0.0.1", "smtp_port": smtp_port, "smtp_security": "plain",
-            "email_from": imap.address, "secret_key": "test-secret", "imap_poll_seconds": 2.0}
-    return {**base, **extra}
-
-
-@dataclass
-class Env:
-    app: App
-    channel: EmailChannel
-    dovecot: Dovecot
-    smtp: SmtpCapture
-    bot: str  # the bot's address
-    seen: int = 0  # captured messages already handed out
-
-    async def deliver(self, raw: bytes, to: str | None = None, mail_from: str = "x@example.net"
-                      ) -> None:
-        await asyncio.to_thread(self.dovecot.deliver, [to or self.bot], raw, mail_from)
-
-    async def replies(self, count: int = 1) -> list[EmailMessage]:
-        """The next `count` messages the bot sends."""
-        captured = await self.smtp.wait_for(self.seen + count, timeout=WAIT)
-        new = captured[self.seen:self.seen + count]
-        self.seen += count
-        return [m.message for m in new]
-
-    async def reply(self) -> EmailMessage:
-        return (await self.replies(1))[0]
-
-    async def settle(self) -> None:
-        """Until the folder is empty and every outgoing mail is sent."""
-        deadline = time.monotonic() + WAIT
-        while self.dovecot.list_uids(None):
-            assert time.monotonic() < deadline, "messages left in INBOX"
-            await asyncio.sleep(0.05)
-        await asyncio.wait_for(self.channel.dispatcher.wait_idle(), WAIT)
-
-    async def rows(self, table, *where) -> list[Any]:
-        async with self.app.db.connect() as conn:
-            return list(await conn.execute(select(table).where(*where)))
-
-
-@pytest.fixture
-async def env(imap_server: ImapSettings, smtp_server: SmtpCapture, make_app, sqlite_url: str,
-              request: pytest.FixtureRequest) -> AsyncIterator[Env]:
-    extra = getattr(request, "param", {})
-    app = await make_app(sqlite_url, **settings_for(imap_server, smtp_server.port, **extra))
-    channel = EmailChannel(app)
-    await channel.start()
-    try:
-        yield Env(app, channel, imap_server.server, smtp_server, imap_server.address)
-    finally:
-        await channel.stop()
-
-
-def message_id(raw: bytes) -> str:
-    return email.message_from_bytes(raw, policy=email.policy.default)["Message-ID"]
-
-
-def body_of(msg: EmailMessage) -> str:
-    return msg.get_body(("plain",)).get_content().replace("\r\n", "\n")
-
-
-@dataclass
-class Person:
-    """A respondent with a mail client: writes, and replies (quoting) to the bot's last mail."""
-
-    env: Env
-    address: str
-    name: str
-    language: str | None = None
-    last: EmailMessage | None = None
-    sent: list[bytes] = field(default_factory=list)
-
-    def compose(self, body: str, *, subject: str = "Questionnaire", to: str | None = None,
-                headers: dict[str, str] | None = None) -> bytes:
-        msg = EmailMessage()
-        msg["From"] = f"{self.name} <{self.address}>"
-        msg["To"] = to or self.env.bot
-        msg["Subject"] = subject
-        msg["Message-ID"] = make_msgid(domain=self.address.split("@")[1])
-        if self.language:
-            msg["Content-Language"] = self.language
-        for name, value in (headers or {}).items():
-            msg[name] = value
-        msg.set_content(body)
-        return bytes(msg)
-
-    async def write(self, body: str, **kw: Any) -> EmailMessage:
-        raw = self.compose(body, **kw)
-        self.sent.append(raw)
-        await self.env.deliver(raw, mail_from=self.address)
-        self.last = await self.env.reply()
-        assert self.last["To"] == self.address
-        return self.last
-
-    async def answer(self, body: str, *, quote: bool = True) -> EmailMessage:
-        """Reply to the bot's last mail: its Reply-To, "Re:" subject, threading, quoted text."""
-        last = self.last
-        assert last is not None
-        quoted = "\n".join("> " + line for line in body_of(last).splitlines())
-        text = f"{body}\n\nOn Mon, 3 Mar 2025 at 10:00, Capacity Bot <{self.env.bot}> wrote:\n" \
-            f"{quoted}" if quote else body
-        raw = self.compose(text, subject="Re: " + last["Subject"], to=last["Reply-To"],
-                           headers={"In-Reply-To": last["Message-ID"],
-                                    "References": last["Message-ID"]})
-        self.sent.append(raw)
-        await self.env.deliver(raw, to=last["Reply-To"], mail_from=self.address)
-        self.last = await self.env.reply()
-        return self.last
-
+from tests.email.support import (
+    FIXTURES,
+    ROOT,
+    WAIT,
+    Env,
+    Person,
+    body_of,
+    message_id,
+    settings_for,
+)
+from tests.support.servers import ImapSettings, SmtpCapture, free_port
 
 # -- the whole questionnaire in three languages ----------------------------------------------
 
@@ -315,7 +199,10 @@ async def test_replies_per_address_are_capped_per_day(env: Env) -> None:
     person = Person(env, "chatty@example.net", "Chatty")
     await person.write("Hello, I would like to answer the capacity-building questionnaire.")
     await person.answer("1. Chatty")
-    await env.deliver(person.compose("2. chatty@example.net"), mail_from=person.address)
+    assert person.last is not None
+    reply_to = person.last["Reply-To"]  # the third reply (with its token) gets no answer
+    await env.deliver(person.compose("2. chatty@example.net", to=reply_to), to=reply_to,
+                      mail_from=person.address)
     other = Person(env, "other@example.net", "Other")
     await other.write("Hello, I would like to answer the capacity-building questionnaire.")
     await env.settle()

@@ -1000,6 +1000,8 @@ class _CaptureHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.owner.accept_delay:  # a busy MTA: the message is stored just before "250"
+            await asyncio.sleep(self.owner.accept_delay)
         auth = session.auth_data
         if isinstance(auth, bytes):
             auth = auth.decode("utf-8", "replace")
@@ -1038,7 +1040,9 @@ class SmtpCapture:
         auth_require_tls: bool | None = None,
         reject_recipients: Iterable[str] = (),
         hostname: str = "smtp.test",
+        accept_delay: float = 0.0,
     ) -> None:
+        self.accept_delay = accept_delay
         self.host = host
         self.port = port or 0
         self.starttls = starttls or require_starttls

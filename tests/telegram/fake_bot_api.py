@@ -539,6 +539,12 @@ class FakeBotApi:
         self._global_limit: int | None = None
         self._sent_at: defaultdict[object, deque[float]] = defaultdict(deque)
         self._forced_429 = (0, 1)  # (answers left, retry_after)
+        self._failures: dict[str, list[ApiError]] = {}  # method (lower case) -> errors to answer
+        # Every update ever queued, in order; and a hook called with the ids each getUpdates
+        # offset confirms (synchronously, before the request is answered: tests kill the bot
+        # at that very moment).
+        self.update_log: list[dict[str, Any]] = []
+        self.on_confirm: Callable[[list[int]], None] | None = None
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._webhook_task: asyncio.Task[None] | None = None
@@ -645,6 +651,11 @@ class FakeBotApi:
         """Answer the next `count` calls with 429 (get* and webhook calls excepted)."""
         self._forced_429 = (count, retry_after)
 
+    def fail_method(self, method: str, code: int, description: str, count: int = 1) -> None:
+        """Answer the next `count` calls of `method` with this error (HTTP status = code)."""
+        errors = self._failures.setdefault(method.lower(), [])
+        errors.extend(ApiError(code, description) for _ in range(count))
+
     def calls(self, method: str) -> list[dict[str, Any]]:
         """Parameters of every recorded call of `method` (case-insensitive), in order."""
         return [r.params for r in self.requests if r.method.lower() == method.lower()]
@@ -670,6 +681,7 @@ class FakeBotApi:
     def enqueue_update(self, update: dict[str, Any]) -> dict[str, Any]:
         # Copied now: the chat's stored message may be edited before the bot fetches this.
         update = {"update_id": next(self._update_ids), **copy.deepcopy(update)}
+        self.update_log.append(update)
         self._pending.append(update)
         self._updates_changed.notify()
         return update
@@ -724,6 +736,8 @@ class FakeBotApi:
             if handler is None:
                 # Telegram answers 404 here, which PTB raises as InvalidToken.
                 raise ApiError(404, f"Not Found: method {method} is not emulated by FakeBotApi")
+            if self._failures.get(method.lower()):
+                raise self._failures[method.lower()].pop(0)
             self._check_flood(method.lower(), params)
             body = {"ok": True, "result": await handler(params, files)}
         except ApiError as exc:
@@ -806,7 +820,10 @@ class FakeBotApi:
             )
         offset = int(params.get("offset") or 0)
         if offset > 0:  # confirms every update before `offset`
+            confirmed = [u["update_id"] for u in self._pending if u["update_id"] < offset]
             self._pending = [u for u in self._pending if u["update_id"] >= offset]
+            if confirmed and self.on_confirm is not None:
+                self.on_confirm(confirmed)
         elif offset < 0:
             self._pending = self._pending[offset:]
         self._changed.notify()  # before the long poll: tests may wait for confirmation

@@ -1,0 +1,24 @@
+"""The `env` fixture: the real app and its email channel on Dovecot and an SMTP capture."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from handlers.email.channel import EmailChannel
+from tests.email.support import Env, settings_for
+from tests.support.servers import ImapSettings, SmtpCapture
+
+
+@pytest.fixture
+async def env(imap_server: ImapSettings, smtp_server: SmtpCapture, make_app, sqlite_url: str,
+              request: pytest.FixtureRequest) -> AsyncIterator[Env]:
+    extra = getattr(request, "param", {})
+    app = await make_app(sqlite_url, **settings_for(imap_server, smtp_server.port, **extra))
+    channel = EmailChannel(app)
+    await channel.start()
+    try:
+        yield Env(app, channel, imap_server.server, smtp_server, imap_server.address)
+    finally:
+        await channel.stop()

@@ -1,0 +1,15 @@
+"""Fixtures of the Telegram tests: the Bot API fake on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.telegram.fake_bot_api import FakeBotApi
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[FakeBotApi]:
+    async with FakeBotApi() as fake:
+        yield fake
