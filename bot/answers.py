@@ -10,9 +10,10 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
-import pycountry
 from babel import Locale
+from babel.numbers import list_currencies
 
+from bot.countries import country_table
 from bot.i18n import Translations, fold
 from bot.questionnaire import Option, Question, Questionnaire
 
@@ -21,19 +22,22 @@ _BIDI_AND_INVISIBLE = dict.fromkeys(
     map(ord, "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
              "\u2066\u2067\u2068\u2069\ufeff\u061c"), None)
 _LIST_SPLIT = re.compile(r"\s*(?:[,;，；、،؛\n]|\s+(?:and|et|y|и|和|و)\s+)\s*")
+_COMMA_SPLIT = re.compile(r"\s*[,;，；、،؛\n]\s*")
 _EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s.]{2,}$")
 _CURRENCY_SYMBOLS = {"$": "USD", "us$": "USD", "€": "EUR", "£": "GBP", "¥": "CNY", "₽": "RUB",
                      "руб": "RUB", "元": "CNY", "人民币": "CNY", "美元": "USD", "欧元": "EUR"}
-_CURRENCIES = frozenset(c.alpha_3 for c in pycountry.currencies)
+_CURRENCIES = frozenset(list_currencies())
 
 
 class AnswerError(Exception):
     """An answer that cannot be accepted; carries the catalog key of the localized explanation."""
 
-    def __init__(self, key: str, count: int | None = None, **values: Any) -> None:
+    def __init__(self, key: str, count: int | None = None,
+                 choices: tuple[str, ...] = (), **values: Any) -> None:
         super().__init__(key)
         self.key = key
         self.count = count
+        self.choices = choices  # country codes to offer instead of a plain refusal
         self.values = values
 
 
@@ -102,9 +106,11 @@ class AnswerParser:
     def _parse_text(self, text: str, **_: Any) -> str:
         return text
 
-    def _parse_long_text(self, question: Question, text: str, **_: Any) -> str:
-        if question.max_words and count_words(text) > question.max_words:
-            raise AnswerError("error_too_many_words", count=question.max_words)
+    def _parse_long_text(self, question: Question, text: str, lang: str, **_: Any) -> str:
+        if question.max_words:
+            limit = length_limit(question.max_words, lang)
+            if text_length(text, lang) > limit:
+                raise AnswerError("error_too_many_words", count=limit)
         return text
 
     def _parse_email(self, text: str, **_: Any) -> str:
@@ -301,43 +307,65 @@ class AnswerParser:
     # -- countries ----------------------------------------------------------------------------
 
     def _parse_country(self, text: str, lang: str, **_: Any) -> str:
-        code = self.find_country(text, lang)
-        if code is None:
-            raise AnswerError("error_country", text=text[:60])
-        return code
+        return self._one_country(text, lang)
 
     def _parse_multi_country(self, text: str, lang: str, **_: Any) -> list[str]:
-        whole = self.find_country(text, lang)
-        if whole:
-            return [whole]
+        whole = country_table().lookup(text, lang)
+        if whole.code:
+            return [whole.code]
         codes: list[str] = []
-        for part in _LIST_SPLIT.split(text):
-            if not part.strip():
-                continue
-            code = self.find_country(part, lang)
-            if code is None:
-                raise AnswerError("error_country", text=part[:60])
-            if code not in codes:
-                codes.append(code)
+        for part in _COMMA_SPLIT.split(text):
+            # "Trinidad and Tobago" is one country; "Kenya and Uganda" two.
+            pieces = [part] if country_table().lookup(part, lang).code else \
+                _LIST_SPLIT.split(part)
+            for piece in pieces:
+                if piece.strip():
+                    code = self._one_country(piece, lang)
+                    if code not in codes:
+                        codes.append(code)
         if not codes:
             raise AnswerError("error_empty")
         return codes
 
+    def _one_country(self, text: str, lang: str) -> str:
+        found = country_table().lookup(text, lang)
+        if found.code:
+            return found.code
+        if found.candidates:
+            names = self.tr.t(lang, "mail_list_sep").join(
+                self.tr.country_name(lang, c) for c in found.candidates)
+            raise AnswerError("error_country_choices", choices=found.candidates,
+                              text=text[:60], options=names)
+        raise AnswerError("error_country", text=text[:60])
+
     def find_country(self, text: str, lang: str) -> str | None:
-        key = fold(text).strip(" .")
-        if not key:
-            return None
-        index = _country_index(self.tr, lang)
-        return index.get(key)
+        return country_table().lookup(text, lang).code
 
 
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
+CHARACTERS_PER_WORD = 2  # a Chinese word is about two characters: 150 words ≈ 300 字
+CHARACTER_COUNTED = frozenset({"zh"})  # limits are stated, and counted, in characters
+
+
 def count_words(text: str) -> int:
-    """Words as word processors count them: each Chinese/Japanese character is one word."""
+    """Words; Chinese/Japanese text, written without spaces, counts two characters a word."""
     cjk = len(_CJK.findall(text))
-    return cjk + len(_CJK.sub(" ", text).split())
+    return -(-cjk // CHARACTERS_PER_WORD) + len(_CJK.sub(" ", text).split())
+
+
+def text_length(text: str, lang: str) -> int:
+    """Length in the unit the limit is stated in: 字 for Chinese, words otherwise."""
+    if lang in CHARACTER_COUNTED:
+        cjk = len(_CJK.findall(text))
+        return cjk + CHARACTERS_PER_WORD * len(_CJK.sub(" ", text).split())
+    return count_words(text)
+
+
+def length_limit(max_words: int, lang: str) -> int:
+    """The questionnaire's word limit in the unit of `lang` (150 words -> 300 字)."""
+    return max_words * CHARACTERS_PER_WORD if lang in CHARACTER_COUNTED else max_words
 
 
 def _num(value: float | None) -> str:
@@ -454,29 +482,3 @@ def parse_date(text: str, lang: str) -> str | None:
 _YES_WORDS = frozenset(fold(w) for w in (
     "yes", "y", "yeah", "oui", "si", "sí", "da", "да", "是", "是的", "对", "نعم", "ok"))
 _NO_WORDS = frozenset(fold(w) for w in ("no", "n", "non", "нет", "否", "不", "不是", "لا"))
-
-
-_COUNTRY_INDEXES: dict[tuple[int, str], dict[str, str]] = {}
-
-
-def _country_index(tr: Translations, lang: str) -> dict[str, str]:
-    """Folded names (respondent's language and English), alpha-2 and alpha-3 -> alpha-2."""
-    key = (id(tr), lang)
-    index = _COUNTRY_INDEXES.get(key)
-    if index is not None:
-        return index
-    index = {}
-    for c in pycountry.countries:
-        code = c.alpha_2.lower()
-        for name in (c.name, getattr(c, "common_name", None), getattr(c, "official_name", None)):
-            if name:
-                index.setdefault(fold(name), code)
-    for name_lang in dict.fromkeys(("en", lang)):
-        for code, name in tr.country_names(name_lang).items():
-            index.setdefault(fold(name), code)
-            index.setdefault(fold(name.split(",")[0]), code)
-    for c in pycountry.countries:
-        index[fold(c.alpha_2)] = c.alpha_2.lower()
-        index[fold(c.alpha_3)] = c.alpha_2.lower()
-    _COUNTRY_INDEXES[key] = index
-    return index

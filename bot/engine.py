@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from bot.answers import AnswerError, AnswerParser, clean_text, normalize_digits
+from bot.answers import AnswerError, AnswerParser, clean_text, length_limit, normalize_digits
+from bot.countries import country_table
 from bot.i18n import LANGUAGES, Translations, fold
 from bot.language import Detection, normalize_language_tag
 from bot.messages import Choice, Inbound, Reply
@@ -89,6 +90,13 @@ class Engine:
             slot_key(qid, r) for qid in self._triggers
             for r in (range(max_repeat) if qid in repeated else (None,))))
         self._slot_cache: dict[tuple, list[Slot]] = {}
+        # question id -> (part, number in its part, questions in the part); "please specify"
+        # questions share their parent's number.
+        self._positions: dict[str, tuple[int, int, int]] = {}
+        for part, sec in enumerate(questionnaire.sections, start=1):
+            numbered = [q for q in sec.questions if not q.other_of]
+            for number, q in enumerate(numbered, start=1):
+                self._positions[q.id] = (part, number, len(numbered))
         self._label_cache: dict[tuple, tuple[tuple[str, str], ...]] = {}
         self._hint_cache: dict[tuple, tuple[str, ...]] = {}
         self._language_names: dict[str, str] = {}
@@ -239,7 +247,7 @@ class Engine:
                     "REVIEW": ("review", "")}.get(code, (None, ""))
         if inbound.kind != "text":
             return None, ""
-        m = _COMMAND_RE.match(inbound.text.strip()[:200])
+        m = _COMMAND_RE.match(clean_text(inbound.text[:400])[:200])
         if not m:
             return None, ""
         return m.group(1).lower(), (m.group(2) or "").strip()
@@ -377,6 +385,12 @@ class Engine:
             self._choice_answer(turn, current, options, (inbound.choice or "").upper(), slots)
             return
         text = inbound.text
+        offered = self._offered(st, current)
+        typed = normalize_digits(clean_text(text)).rstrip(".)")
+        if offered and typed.isdigit() and 1 <= int(typed) <= len(offered):
+            self._record(turn, current, offered[int(typed) - 1])
+            self._advance(turn, None if q.id in self._triggers else slots)
+            return
         if q.type == "multi_choice" and fold(clean_text(text)) in self._done_words:
             self._finish_multi(turn, current, options, slots)
             return
@@ -385,6 +399,8 @@ class Engine:
                                       self._value_getter(st["answers"], current.repeat))
         except AnswerError as err:
             turn.events.append({"type": "invalid", "slot": current.key, "reason": err.key})
+            if err.choices and q.type == "country":
+                st["offered"] = {"slot": current.key, "codes": list(err.choices)}
             self._error(turn, err)
             self._ask(turn, slots, repeat_prompt=False)
             return
@@ -418,6 +434,9 @@ class Engine:
         elif q.type in ("single_choice", "yes_no") and code in codes:
             self._record(turn, slot, code)
             self._advance(turn, None if q.id in self._triggers else slots)
+        elif q.type == "country" and code.lower() in country_table():
+            self._record(turn, slot, code.lower())
+            self._advance(turn, None if q.id in self._triggers else slots)
         else:
             turn.events.append({"type": "invalid", "slot": slot.key, "reason": "bad_choice"})
             self._error(turn, AnswerError("error_choice", text=code[:40], count=len(codes)))
@@ -441,6 +460,7 @@ class Engine:
         st = turn.state
         st["answers"][slot.key] = value
         st["pending"] = []
+        st.pop("offered", None)
         turn.events.append({"type": "answer", "slot": slot.key, "question": slot.question.id,
                             "repeat": slot.repeat, "value": value})
 
@@ -455,6 +475,12 @@ class Engine:
         else:
             st["phase"], st["slot"] = "asking", nxt.key
             self._ask(turn, slots)
+
+    @staticmethod
+    def _offered(st: dict[str, Any], slot: Slot) -> list[str]:
+        """Countries offered after a name that matched several, or none exactly."""
+        offered = st.get("offered")
+        return offered["codes"] if offered and offered.get("slot") == slot.key else []
 
     @staticmethod
     def _find(slots: list[Slot], key: str | None) -> Slot | None:
@@ -588,12 +614,15 @@ class Engine:
             return self.tr.t(lang, "skipped_value")
         if q.type in ("single_choice", "yes_no"):
             return self.tr.option_label(lang, self.qn, q, value)
+        # Option labels may hold commas ("电子学习、在线课程…"): the semicolon level joins them.
         if q.type == "multi_choice":
-            return "; ".join(self.tr.option_label(lang, self.qn, q, c) for c in value)
+            return self.tr.raw(lang, "choice_list_sep").join(
+                self.tr.option_label(lang, self.qn, q, c) for c in value)
         if q.type == "country":
             return self.tr.country_name(lang, value)
         if q.type == "multi_country":
-            return "; ".join(self.tr.country_name(lang, c) for c in value)
+            return self.tr.raw(lang, "mail_list_sep").join(
+                self.tr.country_name(lang, c) for c in value)
         if q.type == "money":
             return f"{value['amount']} {value['currency']}"
         return str(value)
@@ -621,11 +650,7 @@ class Engine:
             return
         q = slot.question
         answers = st["answers"]
-        section = self.tr.section_title(lang, self.qn, q.section)
-        if slot.repeat is not None:
-            section += " · " + self.tr.t(lang, "activity_label", n=slot.repeat + 1)
-        progress = self.tr.t(lang, "progress", n=slots.index(slot) + 1, total=len(slots),
-                             section=section)
+        progress = self._progress(lang, slot)
         required = self.is_required(slot, answers)
         if q.other_of:
             parts = [progress, self.prompt_text(lang, slot, answers),
@@ -643,12 +668,27 @@ class Engine:
                             for code, label in self._labels(lang, q, options))
             if q.type == "multi_choice":
                 if pending:
-                    names = "; ".join(self.tr.option_label(lang, self.qn, q, c) for c in pending)
+                    names = self.tr.raw(lang, "choice_list_sep").join(
+                        self.tr.option_label(lang, self.qn, q, c) for c in pending)
                     parts.append(self.tr.t(lang, "selected_so_far", options=names))
                 choices += (Choice(DONE, self.tr.t(lang, "done_button")),)
+        elif q.type == "country":
+            choices = tuple(Choice(code, self.tr.country_name(lang, code))
+                            for code in self._offered(st, slot))
         text = "\n".join(parts) if repeat_prompt else "\n".join(parts[1:])
         turn.replies.append(Reply(text, "question", lang, q.id, slot.key, choices,
                                   q.type == "multi_choice", progress))
+
+    def _progress(self, lang: str, slot: Slot) -> str:
+        """Part and question number from the questionnaire's fixed layout, so that progress
+        only moves forward when a condition opens more questions."""
+        q = slot.question
+        part, number, total = self._positions[q.other_of or q.id]
+        section = self.tr.section_title(lang, self.qn, q.section)
+        if slot.repeat is not None:
+            section += " · " + self.tr.t(lang, "activity_label", n=slot.repeat + 1)
+        return self.tr.t(lang, "progress", part=part, parts=len(self.qn.sections),
+                         section=section, n=number, total=total)
 
     def _labels(self, lang: str, q: Question,
                 options: tuple[Option, ...]) -> tuple[tuple[str, str], ...]:
@@ -682,7 +722,7 @@ class Engine:
         if q.max_select and q.is_multi:
             hints.append(self.tr.tn(lang, "max_select_hint", q.max_select))
         if q.max_words:
-            hints.append(self.tr.tn(lang, "word_limit_hint", q.max_words))
+            hints.append(self.tr.tn(lang, "word_limit_hint", length_limit(q.max_words, lang)))
         return hints
 
     def _format_hint(self, lang: str, q: Question) -> str:

@@ -7,7 +7,7 @@ them with its number in front ("2.8." is question 8 for Activity 2; "1.8." also 
 Generated "please specify" questions get their own number right after their parent.
 
 A reply is read line by line: a line starting with a number and a separator (`8.` `8)`
-`8:` `8 -` or CJK `8、` `8．` `8：`) opens an answer, the following lines continue it
+`8:` `8 -` or CJK `8、` `8。` `8．` `8：`) opens an answer, the following lines continue it
 until a blank line (only long answers use them). Lines that are exactly a command word
 (the localized submit word, status, cancel, "language: fr", amend) are commands.
 
@@ -34,9 +34,10 @@ from bot.questionnaire import Condition, Question, Section
 
 logger = logging.getLogger(__name__)
 
-# "8. answer", "8) answer", "8: answer", "8 - answer", "8、答案", "8．答案", "٨. نعم".
+# "8. answer", "8) answer", "8: answer", "8 - answer", "8、答案", "8。答案", "8．答案", "٨. نعم"
+# (\d is any decimal digit: Arabic-Indic and full-width ones too).
 # After . ) : a space, the end, or a letter ("1.张伟") must follow, so "3.5 ha" is no answer.
-_SEP = r"(?:[.):](?=\s|$|[^\W\d_])|\s*[：．、）]|\s*[-–—](?=\s|$))"
+_SEP = r"(?:[.):](?=\s|$|[^\W\d_])|\s*[：．。、）]|\s*[-–—](?=\s|$))"
 # At most two spaces of indent: the form indents its examples and hints by three, and some
 # clients quote by indenting, so deeper lines are never answers.
 _INDENT = r"^ {0,2}"
@@ -832,9 +833,11 @@ class MailForm:
             multi = next(fq.number for fq in self.layout.items
                          if fq.question.type == "multi_choice" and not fq.question.options_from)
             example = self.tr.raw(lang, "mail_example_name")
+            sep = self.tr.raw(lang, "mail_list_sep")
             found = [Heading(self.tr.t(lang, "mail_how_title")),
                      Para(self.tr.t(lang, "mail_how")),
-                     Example((f"1. {example}", f"{single}. 2", f"{multi}. 1, 3")),
+                     Example(self._example_lines(lang, ((1, example), (single, "2"),
+                                                        (multi, sep.join(("1", "3")))))),
                      Para(self.tr.t(lang, "mail_how_options")),
                      Para(self.tr.t(lang, "mail_how_required")),
                      Para(self.tr.t(lang, "mail_how_confirm", word=words["submit_word"])),
@@ -842,6 +845,11 @@ class MailForm:
                                     cancel=words["cancel"], language=words["language"]))]
             self._static_cache[key] = found
         return list(found)
+
+    def _example_lines(self, lang: str, lines: Iterable[tuple[int, str]]) -> tuple[str, ...]:
+        """"N. answer" lines; in Arabic each stays a right-to-left line with "N." intact."""
+        return tuple(f"{self.tr.line_start(lang)}{self.tr.ltr(lang, f'{n}.')} {answer}"
+                     for n, answer in lines)
 
     def _language_offers(self, lang: str) -> list[Block]:
         key = ("offers", lang)

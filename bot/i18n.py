@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gettext
 import json
 import logging
 import re
@@ -13,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pycountry
 from babel import Locale
 
+from bot.countries import country_table
 from bot.questionnaire import Question, Questionnaire
 from bot.yamlfile import DataFileError, load_yaml
 
@@ -27,6 +26,15 @@ RTL_LANGUAGES = frozenset({"ar"})
 # First-strong isolate: embedded codes, numbers and Latin names keep their own direction
 # inside Arabic sentences instead of reordering the text around them.
 FSI, PDI = "\u2068", "\u2069"
+LRI, RLM = "\u2066", "\u200f"
+# Left-to-right material written in RTL catalogs: URLs (without a sentence's final stop),
+# e-mail addresses, slash commands, date masks and ISO dates. Isolated as LRI…PDI at load.
+_LTR_RUN = re.compile(
+    r"https?://[^\s«»()]*[^\s«»().،,]"
+    r"|[\w.+-]+@[\w-]+(?:\.[\w-]+)+"
+    r"|(?<![\w/])/[a-z_]+\b"
+    r"|\bYYYY-MM(?:-DD)?\b"
+    r"|(?<![\d-])\d{4}-\d{2}(?:-\d{2})?(?![\d-])")
 _TAG_RE = re.compile(r"<[^>]+>")
 _FORMATTER = string.Formatter()
 
@@ -89,9 +97,10 @@ class Translations:
                         raise DataFileError(path, f"key {key} is official wording taken from "
                                                   "glossary.json; remove it from this file")
                     flat[key] = text[lang]
+                if lang in RTL_LANGUAGES:
+                    flat = {k: _isolate_ltr_runs(v) for k, v in flat.items()}
                 self._catalogs[(lang, domain)] = Catalog(lang, domain, flat, str(path))
         self._check(questionnaires)
-        self._countries: dict[str, dict[str, str]] = {}
 
     def _load_glossary(self) -> dict[str, dict[str, dict[str, str]]]:
         map_path = self.locales_dir / "glossary_map.yaml"
@@ -181,8 +190,19 @@ class Translations:
         if not values:
             return text
         if lang in RTL_LANGUAGES:
-            values = {k: f"{FSI}{v}{PDI}" for k, v in values.items()}
+            # Arabic values stay bare: isolating them would leave a line (the mail subject)
+            # with no strong character outside an isolate, and so left-to-right.
+            values = {k: v if _has_rtl(str(v)) else f"{FSI}{v}{PDI}"
+                      for k, v in values.items()}
         return text.format(**values)
+
+    def ltr(self, lang: str, text: str) -> str:
+        """`text` (a reference, an "N." example) kept left-to-right inside an RTL line."""
+        return f"{LRI}{text}{PDI}" if lang in RTL_LANGUAGES else text
+
+    def line_start(self, lang: str) -> str:
+        """Mark opening a line whose first character is neutral, so the line stays RTL."""
+        return RLM if lang in RTL_LANGUAGES else ""
 
     def language_name(self, lang: str) -> str:
         return self.raw(lang, "language_name")
@@ -215,20 +235,25 @@ class Translations:
     # -- countries ----------------------------------------------------------------------------
 
     def country_names(self, lang: str) -> dict[str, str]:
-        """alpha-2 (lower case, as the BCH stores it) -> name in `lang`."""
-        names = self._countries.get(lang)
-        if names is None:
-            gt = gettext.translation("iso3166-1", pycountry.LOCALES_DIR,
-                                     languages=["zh_CN" if lang == "zh" else lang],
-                                     fallback=True)
-            names = {c.alpha_2.lower(): gt.gettext(getattr(c, "common_name", None) or c.name)
-                     if lang != "en" else (getattr(c, "common_name", None) or c.name)
-                     for c in pycountry.countries}
-            self._countries[lang] = names
-        return names
+        """alpha-2 (lower case, as the BCH stores it) -> UNTERM short name in `lang`."""
+        return country_table().names(lang)
 
     def country_name(self, lang: str, alpha2: str) -> str:
-        return self.country_names(lang).get(alpha2.lower(), alpha2.upper())
+        return country_table().name(lang, alpha2)
+
+
+def _has_rtl(text: str) -> bool:
+    return any(unicodedata.bidirectional(ch) in ("R", "AL") for ch in text)
+
+
+def _isolate_ltr_runs(message: Any) -> Any:
+    if isinstance(message, dict):
+        return {k: _isolate_ltr_runs(v) for k, v in message.items()}
+    if not isinstance(message, str):
+        return message
+    text = _LTR_RUN.sub(lambda m: f"{LRI}{m.group(0)}{PDI}", message)
+    # A line opening with an isolated command ("/back – …") stays a right-to-left line.
+    return "\n".join(RLM + line if line.startswith(LRI) else line for line in text.split("\n"))
 
 
 def fold(text: str) -> str:

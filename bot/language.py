@@ -418,11 +418,14 @@ def resolve_language(
 
 def detection_to_json(text: str, detection: Detection) -> dict[str, Any]:
     """The JSON object printed by ``capbot detect-language`` for one line."""
+    # Text in a language outside the six has no language of ours: say so, and give the
+    # language the bot would answer in (English, with the six-language menu) on its own.
     return {
         "text": text,
-        "language": detection.language,
-        "confident": detection.confident,
+        "language": None if detection.other else detection.language,
+        "confident": detection.confident and not detection.other,
         "other": detection.other,
+        "reply_language": "en" if detection.other else (detection.language or "en"),
         "letters": detection.letters,
         "method": detection.method,
         "candidates": list(detection.candidates),

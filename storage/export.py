@@ -15,11 +15,11 @@ from itertools import groupby
 from operator import itemgetter
 from typing import Any
 
-import pycountry
 from sqlalchemy import String, and_, event, exists, func, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from bot.countries import country_table
 from bot.i18n import LANGUAGES, Translations
 from bot.questionnaire import (
     MULTI_TYPES,
@@ -165,17 +165,11 @@ def _parse_when(option: str, text: str, *, end: bool) -> datetime:
 
 
 def _parse_country(text: str) -> str:
-    raw = text.strip()
-    found = None
-    if raw:
-        try:
-            found = pycountry.countries.lookup(raw)
-        except LookupError:
-            found = None
+    found = country_table().lookup(text, "en").code if text.strip() else None
     if found is None:
         raise ExportOptionError("--country", f"unknown country {text!r} "
                                 "(use an ISO 3166 code such as KE)")
-    return found.alpha_2.lower()
+    return found
 
 
 @dataclass(frozen=True)
@@ -729,8 +723,7 @@ class Exporter:
     def _codebook_options(self, base: list[Any], q: Question) -> Iterator[list[Any]]:
         if q.type in ("country", "multi_country"):
             names = {lang: self._country_names(lang) for lang in LANGUAGES}
-            for c in sorted(pycountry.countries, key=lambda c: c.alpha_2):
-                code = c.alpha_2.lower()
+            for code in country_table().countries:
                 yield _row([*base, code, *(names[lang].get(code, "") for lang in LANGUAGES),
                             "", ""])
         elif q.type in CODED_TYPES:

@@ -75,7 +75,7 @@ def test_plain_chat_numbers_the_options(tmp_path: Path) -> None:
                   "Amina\namina@example.org\nMinistry\n", tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "  1. Government of a Party to the Cartagena Protocol" in proc.stdout
-    assert "Question 4 of" in proc.stdout
+    assert "Part 1 of 5 · About you · question 4 of 5" in proc.stdout
 
 
 def test_detect_language_prints_json_per_line(tmp_path: Path) -> None:

@@ -423,9 +423,9 @@ def test_arabic_placeholders_are_isolated(engine: Engine) -> None:
 def test_progress_counts_questions(engine: Engine) -> None:
     chat = Chat(engine)
     chat.start()
-    assert chat.last.progress.startswith("Question 1 of ")
+    assert chat.last.progress == "Part 1 of 5 · About you · question 1 of 5"
     chat.say("Amina")
-    assert chat.last.progress.startswith("Question 2 of ")
+    assert chat.last.progress == "Part 1 of 5 · About you · question 2 of 5"
 
 
 def test_edit_without_a_space_in_chinese(engine: Engine) -> None:
@@ -437,10 +437,13 @@ def test_edit_without_a_space_in_chinese(engine: Engine) -> None:
 
 
 def test_chinese_word_limit_counts_characters() -> None:
-    from bot.answers import count_words
+    from bot.answers import count_words, length_limit, text_length
 
-    assert count_words("生物安全能力建设") == 8
-    assert count_words("Training on 生物安全") == 6
+    assert count_words("生物安全能力建设") == 4  # about two characters a word
+    assert count_words("Training on 生物安全") == 4
+    assert text_length("生物安全能力建设", "zh") == 8  # in Chinese the limit is in 字
+    assert text_length("Training on 生物安全", "zh") == 8
+    assert length_limit(150, "zh") == 300 and length_limit(150, "fr") == 150
 
 
 _COMMANDS = ["/back", "/skip", "/review", "/language", "/help", "/cancel", "/start", "/amend",

@@ -14,7 +14,7 @@ _SPACES = re.compile(r"[\s\u00a0\u202f\u2007\u3000]+")
 # A respondent's answer line: "1. Maria", "4) 2", "12: 2023-05", "3、张三", "١. نعم".
 # Needs a separator followed by a space or the end, so "03.03.2025 10:00, X wrote:" is no answer.
 # CJK punctuation needs no space after it.
-_ANSWER = re.compile(r"^\d{1,3}\s*(?:[.):](?:\s|$)|[：．、）])")
+_ANSWER = re.compile(r"^\d{1,3}\s*(?:[.):](?:\s|$)|[：．。、）])")
 
 # --- "On … wrote:" attribution lines ----------------------------------------
 _WROTE_END = re.compile(

@@ -385,8 +385,8 @@ async def test_full_questionnaire_with_buttons_and_text(make_app, sqlite_url, ap
         role = qn.questions["A3_role"]
         prompt = tr.question_prompt(lang, qn, role)
         (role_message,) = [m for m in questions if prompt in m.text]  # toggled in place
-        labels = "; ".join(tr.option_label(lang, qn, role, c) for c in ("IMPLEMENTING",
-                                                                       "FUNDING"))
+        labels = tr.raw(lang, "choice_list_sep").join(  # "؛ " in Arabic, "；" in Chinese
+            tr.option_label(lang, qn, role, c) for c in ("IMPLEMENTING", "FUNDING"))
         assert role_message.text.endswith(f"✔ {labels}")
         assert menu.text.endswith("✔ " + tr.language_name(lang))
         # setMyCommands in every language, admins with /export and /stats on top.
