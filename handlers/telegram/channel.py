@@ -72,6 +72,10 @@ def file_url(api_url: str) -> str:
     return base[: -len("bot")] + "file/bot" if base.endswith("/bot") else base + "/file/bot"
 
 
+class NotKeptError(Exception):
+    """An update that could be stored nowhere; it must not be confirmed to Telegram."""
+
+
 class TelegramChannel:
     """`capbot serve`'s Telegram channel: `await start()`, `await stop()`."""
 
@@ -315,6 +319,11 @@ class TelegramChannel:
     async def _turn(self, event: TelegramEvent) -> None:
         assert event.inbound is not None
         result = await self.app.service.handle(event.inbound)
+        if not result.kept:
+            # Stored nowhere, not even in the spool: left unconfirmed, so Telegram still holds
+            # it and hands it out again (polling retries it; a webhook answers 500). No note
+            # to the user: they would send it again and answer the next question with it.
+            raise NotKeptError(f"update {event.update_id}: the database and the spool refused it")
         if result.failed and not result.outbox and event.chat_id is not None:
             # The database refused the turn, so no reply could be committed: say so directly.
             lang = self.chat_language(event)

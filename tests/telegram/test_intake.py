@@ -18,6 +18,7 @@ from storage.models import answers, events, inbound_messages
 from tests.telegram.fake_bot_api import SECRET_HEADER, FakeBotApi
 from tests.telegram.harness import press_code, running
 from tests.telegram.kill_probe import run_probe
+from tests.telegram.test_channel import answers_of
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after:DeprecationWarning")
 
@@ -78,6 +79,38 @@ async def test_an_update_the_database_refuses_is_not_confirmed(make_app, sqlite_
         rows = [r for r in await bot.rows(inbound_messages) if r.kind == "edited"]
         assert len(rows) == 1 and rows[0].status == "ignored"
         assert json.loads(rows[0].payload)["edited_message"]["text"] == edit["text"]
+
+
+async def test_a_turn_stored_nowhere_is_not_confirmed(make_app, sqlite_url,
+                                                      api: FakeBotApi) -> None:
+    from bot.messages import Reply
+    from bot.service import TurnResult
+
+    async with running(make_app, sqlite_url, api) as bot:
+        user = api.user(8151, language_code="en")
+        await bot.step(lambda: user.send_command("/start"))
+        await bot.step(lambda: press_code(user, "en"))
+        bot.channel._intake.retry_delay = 0.05  # type: ignore[union-attr]
+        service = bot.app.service
+        real = service.handle
+        refusals = [2]
+
+        async def refusing(inbound, **kwargs):
+            if refusals[0]:  # what the service returns when the database and spool refuse
+                refusals[0] -= 1
+                return TurnResult([Reply("not saved", "error")], failed=True, kept=False)
+            return await real(inbound, **kwargs)
+
+        service.handle = refusing  # type: ignore[method-assign]
+        before = len(user.messages)
+        user.send_text("Ann Lee")
+        await api.wait_for(lambda: refusals[0] == 0, 10)
+        assert [u["message"]["text"] for u in api.pending_updates] == ["Ann Lee"]
+        await api.wait_for(lambda: not api.pending_updates, 10)
+        await asyncio.wait_for(bot.channel.wait_idle(), 10)
+        _, values = await answers_of(bot, user.id)
+        assert values == {"R1_name": "Ann Lee"}  # handled once the database took it
+        assert "not saved" not in [m.text for m in user.messages[before:]]
 
 
 async def test_webhook_answers_200_only_after_the_commit(make_app, tmp_path: Path,
