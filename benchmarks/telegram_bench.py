@@ -154,7 +154,7 @@ async def run_capbot(users: int, database: str) -> dict[str, Any]:
         # Loopback: Telegram's flood limits would only slow the measurement down.
         settings = load_settings(database_url=url, telegram_token=endpoint.token,
                                  telegram_api_url=endpoint.base_url, telegram_rate_limit=False,
-                                 telegram_chat_rate=0)
+                                 telegram_chat_rate=0, telegram_inbound_limit=0)
         app = await build_app(settings)
         channel = TelegramChannel(app, poll_timeout=10)
         await channel.start()
