@@ -128,8 +128,8 @@ class Poller:
         failures = 0
         while True:
             if self.ledger.unconfirmed and not self._progress.is_set():
-                # Telegram answers at once while updates are unconfirmed: wait until one is
-                # handled, or a moment for other chats' new updates.
+                # Telegram answers at once while updates are unconfirmed: wait until the offset
+                # can move, or a moment for other chats' new updates.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._progress.wait(), 0.1)
             self._progress.clear()
@@ -163,6 +163,7 @@ class Poller:
 
     async def _handle(self, update: Update) -> None:
         update_id = update.update_id
+        offset = self.ledger.offset
         try:
             await self.handle(update)
         except Exception:
@@ -179,7 +180,10 @@ class Poller:
             self.ledger.kept(update_id)
         finally:
             self.forget(update_id)
-            self._progress.set()
+            if self.ledger.offset != offset or not self.ledger.in_hand(update_id):
+                # Something to confirm or to fetch again: worth a getUpdates now (a re-poll
+                # for nothing would parse the unconfirmed updates all over again).
+                self._progress.set()
 
 
 class WebhookServer:
