@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -10,7 +11,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 from sqlalchemy.engine import make_url
 
-ROOT = Path(__file__).resolve().parent.parent
+
+def package_data(package: str) -> Path:
+    """Where an installed data package (questionnaires, locales) lies on disk."""
+    return Path(str(resources.files(package)))
 
 
 class ConfigError(Exception):
@@ -24,8 +28,8 @@ class Settings(BaseSettings):
     database_url: str = Field("sqlite+aiosqlite:///capbot.db",
                               description="SQLAlchemy async URL; SQLite file in the working dir")
     questionnaire: str | None = Field(None, description="questionnaire id or YAML path")
-    questionnaires_dir: Path = Field(ROOT / "questionnaires")
-    locales_dir: Path = Field(ROOT / "locales")
+    questionnaires_dir: Path = Field(default_factory=lambda: package_data("questionnaires"))
+    locales_dir: Path = Field(default_factory=lambda: package_data("locales"))
     log_level: str = "INFO"
     # At DEBUG, python-telegram-bot, aioimaplib, httpx… stay at INFO (they log whole updates
     # and mails) unless this is "debug".

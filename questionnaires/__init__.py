@@ -1,0 +1,1 @@
+"""Questionnaire definitions (YAML), shipped as package data."""
