@@ -192,7 +192,8 @@ class TelegramChannel:
         else:
             self._intake = Poller(application.bot, self.dispatch, timeout=self.poll_timeout,
                                   allowed_updates=ALLOWED_UPDATES,
-                                  forget=self._updates_request.forget)
+                                  forget=self._updates_request.forget,
+                                  request=self._updates_request)
             await self._intake.start()
             logger.info("telegram: long polling as @%s", self._bot_username)
         await self.set_commands()

@@ -28,6 +28,9 @@ from datetime import timedelta
 from aiohttp import web
 from telegram import Bot, Update
 from telegram.error import Conflict, InvalidToken, RetryAfter, TelegramError, TimedOut
+from telegram.request import BaseRequest
+
+from handlers.telegram.http11 import JsonRequestData
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +96,11 @@ class Poller:
     def __init__(self, bot: Bot, handle: Handle, *, timeout: float = 10.0,
                  allowed_updates: Sequence[str] = (), limit: int = 100,
                  forget: Forget | None = None, retry_delay: float = 1.0,
-                 max_retry_delay: float = 30.0) -> None:
+                 max_retry_delay: float = 30.0, request: BaseRequest | None = None) -> None:
         self.bot = bot
+        # The bot's get_updates_request: getUpdates as plain JSON, so that the updates handed
+        # out again while unconfirmed are not parsed into PTB objects again and again.
+        self.request = request
         self.handle = handle
         self.timeout = timeout
         self.allowed_updates = list(allowed_updates)
@@ -135,10 +141,7 @@ class Poller:
             self._progress.clear()
             busy = self.ledger.unconfirmed > 0
             try:
-                updates = await self.bot.get_updates(
-                    offset=self.ledger.offset or None, limit=self.limit,
-                    timeout=timedelta(seconds=0 if busy else self.timeout),
-                    allowed_updates=self.allowed_updates)
+                updates = await self._get_updates(0 if busy else self.timeout)
             except TimedOut:
                 continue
             except RetryAfter as exc:
@@ -153,13 +156,31 @@ class Poller:
                 await asyncio.sleep(delay)
                 continue
             failures = 0
-            for update in updates:
-                if self.ledger.admit(update.update_id):
+            for data in updates:
+                update_id = data.update_id if isinstance(data, Update) else data["update_id"]
+                if self.ledger.admit(update_id):
+                    update = data if isinstance(data, Update) else Update.de_json(data, self.bot)
                     task = asyncio.create_task(self._handle(update))
                     self._handlers.add(task)
                     task.add_done_callback(self._handlers.discard)
-                elif not self.ledger.in_hand(update.update_id):
-                    self.forget(update.update_id)  # handled already: drop its raw copy
+                elif not self.ledger.in_hand(update_id):
+                    self.forget(update_id)  # handled already: drop its raw copy
+
+    async def _get_updates(self, wait: float) -> list:
+        """The updates from the offset on: dicts, or Updates without a request of our own."""
+        offset = self.ledger.offset or None
+        if self.request is None:
+            return list(await self.bot.get_updates(
+                offset=offset, limit=self.limit, timeout=timedelta(seconds=wait),
+                allowed_updates=self.allowed_updates))
+        params = {"limit": self.limit, "timeout": int(wait),
+                  "allowed_updates": self.allowed_updates}
+        if offset:
+            params["offset"] = offset
+        result = await self.request.post(
+            f"{self.bot.base_url}/getUpdates", JsonRequestData(params),
+            read_timeout=(self.request.read_timeout or 0) + wait)
+        return result if isinstance(result, list) else []
 
     async def _handle(self, update: Update) -> None:
         update_id = update.update_id
