@@ -19,23 +19,18 @@ import secrets
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from storage import repository as repo
 from storage.db import Database
+from storage.store import OutboxRow
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxItem:
-    id: int
-    channel: str
-    address: str
-    payload: dict[str, Any]
-    respondent_id: int | None = None
+# A committed outbox row: id, channel, address, payload, respondent_id.
+OutboxItem = OutboxRow
 
 
 class TransientSendError(Exception):

@@ -80,7 +80,8 @@ class ConsoleChannel:
                           text=text, choice=choice,
                           raw=json.dumps({"text": text, "choice": choice}, ensure_ascii=False))
         result = await self.service.handle(inbound, language=self.language,
-                                           explicit_language=self.language is not None)
+                                           explicit_language=self.language is not None,
+                                           delivered=True)  # printed right below
         self.emit(result)
         return result
 

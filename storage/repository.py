@@ -46,21 +46,24 @@ def insert_inbound(conn: Connection, *, channel: str, message_id: str,
 
 
 def create_respondent(conn: Connection, *, channel: str, user_id: str,
-                            display_name: str | None, state: dict, now: datetime) -> int:
+                      display_name: str | None, state: dict, language: str | None,
+                      now: datetime) -> int:
     stmt = insert(respondents).values(
         channel=channel, channel_user_id=user_id, display_name=display_name, state=state,
-        language=state.get("lang"), unreachable=False, created_at=now, updated_at=now,
+        language=language, unreachable=False, created_at=now, updated_at=now,
     ).returning(respondents.c.id)
     return (conn.execute(stmt)).scalar_one()
 
 
-def create_submission(conn: Connection, *, respondent_id: int, state: dict,
-                            channel: str, now: datetime, supersedes_id: int | None = None) -> int:
+def create_submission(conn: Connection, *, respondent_id: int, conversation: Any,
+                      channel: str, now: datetime, supersedes_id: int | None = None) -> int:
+    """A draft row for `conversation` (questionnaire, version, reference, language)."""
+    c = conversation
     stmt = insert(submissions).values(
-        respondent_id=respondent_id, questionnaire_id=state["questionnaire"],
-        questionnaire_version=state["qversion"], reference=state["ref"],
-        version=state["version"], supersedes_id=supersedes_id, status="draft",
-        language=state.get("lang"), channel=channel, started_at=now, updated_at=now,
+        respondent_id=respondent_id, questionnaire_id=c.questionnaire_id,
+        questionnaire_version=c.questionnaire_version, reference=c.reference,
+        version=c.version, supersedes_id=supersedes_id, status="draft",
+        language=c.language, channel=channel, started_at=now, updated_at=now,
     ).returning(submissions.c.id)
     return (conn.execute(stmt)).scalar_one()
 

@@ -124,10 +124,13 @@ async def test_outbox_rows_for_sent_channels_wait_for_the_sender(make_app,
     assert woken == [result.outbox_ids] and result.outbox_ids
     assert await scalar(app, select(func.count()).select_from(outbox).where(
         outbox.c.status == "pending")) == len(result.replies)
-    await app.service.handle(msg("c", "start", "/start"), language="en",
-                             explicit_language=True)
+    shown = await app.service.handle(msg("c", "start", "/start"), language="en",
+                                     explicit_language=True, delivered=True)
+    assert woken == [result.outbox_ids]  # the console shows its replies itself
     assert await scalar(app, select(func.count()).select_from(outbox).where(
-        outbox.c.status == "pending")) == len(result.replies)  # console replies are inline
+        outbox.c.status == "sent")) == len(shown.replies)
+    assert await scalar(app, select(func.count()).select_from(outbox).where(
+        outbox.c.status == "pending")) == len(result.replies)
 
 
 async def test_concurrent_respondents_each_complete_in_order(make_app, database_url) -> None:
