@@ -269,14 +269,15 @@ def _form_texts(settings) -> dict[str, str]:
     """The form as respondents receive it, per language (quoted below each reply)."""
     from bot.app import load_content
     from bot.engine import Engine
-    from bot.form import MailForm
+    from handlers.email.form_render import FormRenderer
     from handlers.email.render import render_text
 
     _, questionnaire, translations = load_content(settings)
-    form = MailForm(Engine(questionnaire, translations))
+    engine = Engine(questionnaire, translations)
+    form = FormRenderer(engine)
     texts = {}
     for lang in LANGS:
-        state = form.engine.new_state(ref="CB-BENCH23", language=lang)
+        state = engine.new_state(ref="CB-BENCH23", language=lang)
         state["phase"] = "asking"
         texts[lang] = render_text(form.form_doc(state))
     return texts

@@ -259,8 +259,9 @@ async def _export(url: str, out: Path, job: str) -> dict[str, int]:
     from bot.app import load_content
     from bot.config import load_settings
     from storage.db import create_engine
-    from storage.export import ExportOptions
-    from storage.export_cli import export_dir, run_export, tune_gc_for_batch
+    from reports.cli import run_export, tune_gc_for_batch
+    from reports.csvfiles import export_dir
+    from reports.options import ExportOptions
 
     settings = load_settings(database_url=url)
     if job in ("all-dir", "all-zip"):
@@ -287,7 +288,7 @@ async def _stats(url: str) -> int:
     from bot.app import load_content
     from bot.config import load_settings
     from storage.db import create_engine
-    from storage.stats import collect_stats
+    from reports.stats import collect_stats
 
     _, qn, translations = load_content(load_settings(database_url=url))
     engine = create_engine(url)
@@ -299,8 +300,7 @@ async def _stats(url: str) -> int:
 def run_job(job: str, url: str, out: Path) -> dict[str, Any]:
     # Import everything the job needs first, so that timing covers the work only.
     import bot.app  # noqa: F401
-    import storage.export_cli
-    import storage.stats  # noqa: F401
+    import reports.cli  # noqa: F401
 
     start_rss = _rss_mb()
     t0 = time.perf_counter()

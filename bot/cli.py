@@ -84,11 +84,11 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
 
         return await serve(settings)
     if args.command == "export":
-        from storage.export_cli import run_export
+        from reports.cli import run_export
 
         return await run_export(settings, args)
     if args.command == "stats":
-        from storage.export_cli import run_stats
+        from reports.cli import run_stats
 
         return await run_stats(settings, args)
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-InboundKind = Literal["start", "text", "choice", "unsupported"]
+if TYPE_CHECKING:
+    from bot.language import Detection
+
+InboundKind = Literal["start", "text", "choice", "unsupported", "form"]
 ReplyKind = Literal["question", "info", "error", "review", "receipt", "language_menu"]
 
 
@@ -25,6 +28,17 @@ class Inbound:
     language_hint: str | None = None  # Telegram language_code, email Content-Language
     display_name: str | None = None
     raw: str = ""  # raw payload, kept verbatim in the inbound log
+    # kind "form" (an email reply): numbered answers as written, ("8" or "2.8", text), text
+    # "" for a question line left unanswered; and command words, (name, argument):
+    # submit / amend / status / cancel, language -> a code or "".
+    entries: tuple[tuple[str, str], ...] = ()
+    commands: tuple[tuple[str, str], ...] = ()
+    delegate: str | None = None  # someone answering for the owner (user_id), by email
+    muted: frozenset[str] = frozenset()  # addresses not to answer this turn (daily reply cap)
+    # Channel data handed back on every reply's extra (email threading); never read by the
+    # engine.
+    reply_path: Mapping[str, Any] | None = field(default=None, compare=False)
+    detection: Detection | None = None  # the text's language, when the channel detected it
 
     def __post_init__(self) -> None:
         # Lone surrogates (undecodable bytes read with surrogateescape) cannot be stored or

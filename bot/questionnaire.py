@@ -360,3 +360,59 @@ def default_questionnaire(found: dict[str, Questionnaire], wanted: str | None) -
         raise DataFileError(wanted, f"unknown questionnaire; installed: {sorted(found)}")
     defaults = [q for q in found.values() if q.default]
     return defaults[0] if defaults else next(iter(found.values()))
+
+
+# -- stable numbering ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Numbered:
+    """One question with its stable number ("N." in the mail form)."""
+
+    number: int
+    question: Question
+    section: Section
+    section_index: int
+
+    @property
+    def repeated(self) -> bool:
+        return self.section.repeat_max > 1
+
+
+class Numbering:
+    """Every question gets one number, in questionnaire order, whether or not it applies yet
+    (so numbers never move between mails). The repeated section is numbered once: instance
+    1 uses the plain numbers ("8"), instance k writes them "k.8". Generated "please specify"
+    questions get their own number right after their parent."""
+
+    def __init__(self, questionnaire: Questionnaire) -> None:
+        self.items: list[Numbered] = []
+        for s_index, section in enumerate(questionnaire.sections):
+            for q in section.questions:
+                self.items.append(Numbered(len(self.items) + 1, q, section, s_index))
+        self.by_number = {n.number: n for n in self.items}
+        self.by_qid = {n.question.id: n for n in self.items}
+        self.repeated_numbers = frozenset(n.number for n in self.items if n.repeated)
+
+    def label(self, qid: str, repeat: int | None) -> str:
+        n = self.by_qid[qid].number
+        return str(n) if not repeat else f"{repeat + 1}.{n}"
+
+    def resolve(self, number: int, activity: int | None) -> tuple[Numbered, int | None] | None:
+        """The question and repeat index a written number stands for (activity 1-based)."""
+        found = self.by_number.get(number)
+        if found is None:
+            return None
+        if not found.repeated:
+            return (found, None) if activity is None else None
+        repeat = (activity or 1) - 1
+        return (found, repeat) if 0 <= repeat < found.section.repeat_max else None
+
+    def resolve_label(self, label: str) -> tuple[Numbered, int | None] | None:
+        """resolve() for a label as written: "8" or "2.8"."""
+        head, _, tail = label.partition(".")
+        try:
+            return (self.resolve(int(tail), int(head)) if tail
+                    else self.resolve(int(head), None))
+        except ValueError:
+            return None

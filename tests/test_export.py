@@ -25,19 +25,14 @@ from bot.app import App, build_app
 from bot.config import load_settings
 from bot.i18n import LANGUAGES
 from handlers.console import ConsoleChannel
-from storage import export_cli
-from storage.export import (
-    FORMULA_TRIGGERS,
-    Exporter,
-    ExportOptionError,
-    ExportOptions,
-    neutralise,
-    number_cell,
-    reading_connection,
-    restore,
-)
-from storage.export_cli import export_dir, export_zip, run_export
+from reports import csvfiles
+from reports.cells import FORMULA_TRIGGERS, neutralise, number_cell, restore
+from reports.cli import run_export
+from reports.csvfiles import export_dir, export_zip
+from reports.export import Exporter
+from reports.options import ExportOptionError, ExportOptions
 from storage.models import answers, respondents, submissions
+from storage.reads import reading_connection
 
 FORMULA = '=HYPERLINK("http://evil.example/x","click")'
 
@@ -632,7 +627,7 @@ async def test_cli_unwritable_directory_exits_2(cli_settings, tmp_path: Path, ca
     def refuse(*args: Any, **kwargs: Any):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(export_cli.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(csvfiles.tempfile, "mkstemp", refuse)
     code = await run_export(cli_settings, cli_args(tmp_path / "x.zip"))
     assert code == 2
     assert capsys.readouterr().err == (f"capbot export: --out: cannot write in {tmp_path}: "
@@ -705,7 +700,7 @@ async def test_failed_export_leaves_no_file(app: App, tmp_path: Path, monkeypatc
     def boom(*args: Any, **kwargs: Any) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export_cli, "_write_batch", boom)
+    monkeypatch.setattr(csvfiles, "_write_batch", boom)
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "answers.csv").write_text("previous complete export")
     for out in (tmp_path / "x.zip", tmp_path / "d"):

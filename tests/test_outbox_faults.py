@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from bot.outbox import OutboxDispatcher, OutboxItem, TransientSendError
 from storage.models import outbox
-from storage.stats import collect_stats, format_stats
+from reports.stats import collect_stats, format_stats
 from tests.support.disk import small_disk
 
 

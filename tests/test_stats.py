@@ -14,8 +14,8 @@ import pytest
 from bot.app import App, build_app
 from bot.config import load_settings
 from handlers.console import ConsoleChannel
-from storage.export_cli import run_stats
-from storage.stats import collect_stats, format_stats
+from reports.cli import run_stats
+from reports.stats import collect_stats, format_stats
 from tests.test_export import PROFILE, converse, label, three_reports
 
 

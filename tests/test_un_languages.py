@@ -12,10 +12,10 @@ from bidi import get_base_level, get_display
 from bot.answers import AnswerError, AnswerParser
 from bot.countries import EU, country_table
 from bot.engine import Engine
-from bot.form import MailForm
 from bot.i18n import LANGUAGES, LRI, PDI, Translations
 from bot.language import detection_to_json, get_detector
 from tests.conftest import NOW
+from tests.email.mailform import MailForm
 from tests.test_engine import PROFILE, Chat, answer_all
 
 # -- country names ------------------------------------------------------------------------------

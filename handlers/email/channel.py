@@ -1,9 +1,11 @@
-"""The email channel: IMAP in, one email turn per message, replies out through the outbox.
+"""The email channel: IMAP in, one form inbound per message, replies out through the outbox.
 
-For every fetched message, in this order: parse (pure), record it in the database with its
-raw bytes (through the service's turn, or as an unprocessed message), and only then report
-its UID as done so the watcher flags and moves it. Mail that is not from a person
-(auto-replies, bounces, read receipts, lists, our own) is recorded and never answered.
+For every fetched message, in this order: parse (pure), read the reply into one
+`Inbound(kind="form")` (form_reader.py: numbered answers, command words), hand it to the
+service, whose turn the engine runs and records with the raw bytes (or record it as an
+unprocessed message), and only then report its UID as done so the watcher flags and moves
+it. Mail that is not from a person (auto-replies, bounces, read receipts, lists, our own)
+is recorded and never answered. Replies are rendered when sent (form_render.py, render.py).
 
 `From` is easy to forge, so once an address has a report, only mail that proves it came
 through our mail changes it: a valid reply token for that report (plus-address or subject
@@ -20,32 +22,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import hashlib
 import hmac
 import logging
 import time
-from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
-from sqlalchemy.engine import Connection
-
-from bot.engine import Engine, Turn
-from bot.form import Doc, MailForm, bare_subject
 from bot.language import normalize_language_tag
-from bot.messages import Inbound, Reply
+from bot.messages import Inbound
 from bot.outbox import OutboxDispatcher, OutboxItem
-from storage import repository as repo
-from storage.models import outbox, respondents, submissions
+from bot.replycap import UNVERIFIED, ReplyBudget, start_of_day
+from storage import mail_store
 
 from .authres import verified_from
+from .form_reader import FormReader, bare_subject
+from .form_render import FormRenderer
 from .imap import Fetched, ImapConfig, ImapWatcher
 from .parsing import ParsedMail, normalize_address, parse_message
-from .render import build_message, format_address, render_html, render_text
+from .render import Doc, build_message, format_address, render_html, render_text
 from .smtp import SmtpConfig, SmtpSender
 from .tokens import TokenClaims, make_token, verify_token
 
@@ -102,51 +97,6 @@ def reply_subject(theirs: str, ours: str) -> str:
     return f"Re: {subject}" if subject else ours
 
 
-class ReplyBudget:
-    """Replies sent to each address this UTC day; seeded from the outbox at start-up."""
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.day = datetime.now(UTC).date()
-        self.counts: dict[str, int] = defaultdict(int)
-        self.refused: set[str] = set()  # addresses told about in the log today
-
-    def _roll(self) -> None:
-        today = datetime.now(UTC).date()
-        if today != self.day:
-            self.day, self.counts, self.refused = today, defaultdict(int), set()
-
-    def first_refusal(self, address: str) -> bool:
-        """True the first time today that address is over the cap (log it once, not per mail)."""
-        self._roll()
-        if address in self.refused:
-            return False
-        self.refused.add(address)
-        return True
-
-    def allows(self, address: str) -> bool:
-        self._roll()
-        return self.counts.get(address, 0) < self.cap
-
-    def spend(self, addresses: Iterable[str]) -> None:
-        self._roll()
-        for address in addresses:
-            self.counts[address] += 1
-
-
-UNVERIFIED = "unverified"  # payload["cap"] of replies counted on the unverified budget
-
-
-@dataclass(slots=True)
-class _Context:
-    """What the email turn needs besides the engine's inputs (fixed before the turn runs)."""
-
-    mail: ParsedMail
-    delegate: str | None
-    allowed: frozenset[str]  # recipients still under today's reply cap
-    subject: str = ""
-
-
 class EmailChannel:
     """`capbot serve` starts it when CAPBOT_IMAP_HOST and CAPBOT_SMTP_HOST are set."""
 
@@ -166,7 +116,8 @@ class EmailChannel:
         self.local = local.split("+", 1)[0]
         self.from_header = format_address(s.email_from_name, self.from_address)
         self.max_bytes = s.email_max_bytes
-        self.forms = {qid: MailForm(engine) for qid, engine in app.engines.items()}
+        self.renderers = {qid: FormRenderer(engine) for qid, engine in app.engines.items()}
+        self.readers = {qid: FormReader(r) for qid, r in self.renderers.items()}
         self.budget = ReplyBudget(s.email_daily_reply_cap)
         self.unverified_budget = ReplyBudget(s.email_unverified_reply_cap)
         self.trusted_authserv = (s.email_trust_auth_results or "").strip() or None
@@ -205,15 +156,11 @@ class EmailChannel:
         await self.sender.close()
 
     async def _seed_budget(self) -> None:
-        start = datetime.combine(datetime.now(UTC).date(), datetime.min.time(), UTC)
-        cap = outbox.c.payload["cap"].as_string()
-        stmt = (select(outbox.c.address, cap, func.count()).where(
-            outbox.c.channel == CHANNEL, outbox.c.created_at >= start)
-            .group_by(outbox.c.address, cap))
-        async with self.app.db.connect() as conn:
-            for address, kind, count in await conn.execute(stmt):
-                budget = self.unverified_budget if kind == UNVERIFIED else self.budget
-                budget.counts[address] += count
+        counts = await self.app.database.transaction(mail_store.reply_counts_since, CHANNEL,
+                                                     start_of_day())
+        for address, kind, count in counts:
+            budget = self.unverified_budget if kind == UNVERIFIED else self.budget
+            budget.counts[address] += count
 
     # -- inbound -------------------------------------------------------------------------------
 
@@ -292,38 +239,49 @@ class EmailChannel:
         if mail.token:
             claims = verify_token(self.secret, mail.token, int(time.time()))
             if claims is not None and not claims.matches_address(sender):
-                owner = await self._owner_of(claims.ref)
+                owner = await self.app.database.transaction(mail_store.owner_of, CHANNEL,
+                                                            claims.ref)
                 delegate = sender
             if claims is None or owner is None:
                 await self._record(fetched, mail, status="rejected",
                                    reason="reply token forged, expired or unknown",
                                    notice=("mail_bad_token", {}))
                 return True
+        state = await self.app.database.transaction(mail_store.report_state, CHANNEL, owner)
+        draft = state if _begun(state) else None
         if delegate is None:
-            draft = await self._report_of(sender)
             why = self._unproven(mail, claims, draft)
             if draft is not None and why is not None:
                 # Not shown to be the owner's: nothing changes. The owner gets a notice with
                 # a fresh token, so a genuine mail costs one more reply, a forged one nothing.
                 logger.info("email %s from %s changes nothing: %s", mail.message_id, sender,
                             why)
-                form = self.forms.get(draft.get("questionnaire")) \
-                    or self.forms[self.app.questionnaire.id]
                 await self._record(fetched, mail, status="rejected", reason=f"unverified: {why}",
-                                   doc=form.verify_doc(draft), ref=draft["ref"])
+                                   doc=self._renderer(draft).verify_doc(draft),
+                                   ref=draft["ref"])
                 return True
-        allowed = frozenset(a for a in {sender, owner} if self.budget.allows(a))
-        if sender not in allowed:
+        muted = self.budget.muted({sender, owner})
+        if sender in muted:
             log = logger.warning if self.budget.first_refusal(sender) else logger.info
             log("daily reply cap reached for %s: recording without answering", sender)
-        ctx = _Context(mail, delegate, allowed, mail.subject)
-        inbound = Inbound(CHANNEL, owner, mail.message_id, "text",
-                          text=mail.reply_text or mail.subject,
+        text = mail.reply_text or mail.subject
+        reader = self.readers.get((state or {}).get("questionnaire")) \
+            or self.readers[self.app.questionnaire.id]
+        entries, commands = reader.inbound_fields(text, mail.subject)
+        detection = None
+        if state is None or (not state.get("lang_explicit")
+                             and state.get("phase") in ("new", "language")):
+            detection = self.app.detector.detect(text)  # the first mail's language
+        thread = {"message_id": mail.message_id, "subject": mail.subject,
+                  "references": list(mail.references[-10:]),
+                  "synthesized": mail.message_id_synthesized}
+        inbound = Inbound(CHANNEL, owner, mail.message_id, "form", text=text,
                           language_hint=mail.content_language,
                           display_name=(mail.from_name or None) if not delegate else None,
-                          raw=encode_raw(fetched.raw))
-        result = await self.service.handle(inbound, turn_fn=functools.partial(self._turn,
-                                                                              ctx=ctx))
+                          raw=encode_raw(fetched.raw), entries=entries, commands=commands,
+                          delegate=delegate, muted=muted, reply_path={"thread": thread},
+                          detection=detection)
+        result = await self.service.handle(inbound)
         if result.failed and result.respondent_id is None:
             # The database refused the turn: perhaps nothing is recorded. Leave the message in
             # the folder; the next round processes it, or finds it kept as failed.
@@ -337,17 +295,6 @@ class EmailChannel:
             return True
         local, _, domain = address.rpartition("@")
         return domain == self.domain and local.split("+", 1)[0] == self.local
-
-    async def _report_of(self, address: str) -> dict[str, Any] | None:
-        """The conversation state of address's report, if it has begun (else None)."""
-        stmt = (select(respondents.c.state)
-                .where(respondents.c.channel == CHANNEL,
-                       respondents.c.channel_user_id == address).limit(1))
-        async with self.app.db.connect() as conn:
-            state = (await conn.execute(stmt)).scalar()
-        if not state or not state.get("ref"):
-            return None
-        return state if state.get("phase") != "new" or state.get("answers") else None
 
     def _unproven(self, mail: ParsedMail, claims: TokenClaims | None,
                   report: dict[str, Any] | None) -> str | None:
@@ -369,15 +316,6 @@ class EmailChannel:
             why += f", and no aligned DMARC/DKIM/SPF pass from {self.trusted_authserv}"
         return why
 
-    async def _owner_of(self, ref: str) -> str | None:
-        stmt = (select(respondents.c.channel_user_id)
-                .select_from(submissions.join(respondents,
-                                              submissions.c.respondent_id == respondents.c.id))
-                .where(submissions.c.reference == ref, respondents.c.channel == CHANNEL)
-                .limit(1))
-        async with self.app.db.connect() as conn:
-            return (await conn.execute(stmt)).scalar()
-
     async def _record(self, fetched: Fetched, mail: ParsedMail, *, status: str, reason: str,
                       notice: tuple[str, dict[str, Any]] | None = None,
                       doc: Doc | None = None, ref: str | None = None) -> bool:
@@ -392,28 +330,26 @@ class EmailChannel:
         items: list[dict[str, Any]] = []
         if notice and doc is None:
             lang = self._notice_language(mail)
-            form = self.forms[self.app.questionnaire.id]
-            doc = form.notice_doc(lang, notice[0], **notice[1])
+            doc = self._renderer(None).notice_doc(lang, notice[0], **notice[1])
         if doc and mail.can_reply and sender and self.unverified_budget.allows(sender):
-            reply = self._reply(doc, mail=mail, to=None, reply=True, ref=ref, index=0)
-            items.append({"channel": CHANNEL, "address": sender,
-                          "payload": {**_payload(reply), "cap": UNVERIFIED}})
+            thread = {"message_id": mail.message_id, "subject": mail.subject,
+                      "references": list(mail.references[-10:]),
+                      "synthesized": mail.message_id_synthesized}
+            payload = {"text": render_text(doc), "kind": _KINDS.get(doc.kind, "info"),
+                       "language": doc.language, "ref": ref, "to": None,
+                       **self._envelope(doc, thread, reply=True, index=0), "cap": UNVERIFIED}
+            items.append((sender, payload))
         elif doc and mail.can_reply and sender:
             log = logger.warning if self.unverified_budget.first_refusal(sender) else logger.info
             log("daily cap of notices to unverified mail reached for %s: recording without "
                 "answering", sender)
-        now = self.service.clock()
-
-        def write(conn: Connection) -> list[OutboxItem] | None:
-            found = repo.insert_inbound(conn, channel=CHANNEL, message_id=mail.message_id,
-                                        user_id=sender or None, kind="text",
-                                        payload=encode_raw(raw), status=status,
-                                        reason=reason, now=now)
-            if found is None:
-                return None  # seen before
-            return self.service.add_outbox(conn, items, now) if items else []
-
-        created = await self.app.database.transaction(write)
+        ids = await self.app.database.transaction(partial(
+            mail_store.record_with_notices, channel=CHANNEL, message_id=mail.message_id,
+            user_id=sender or None, payload=encode_raw(raw), status=status, reason=reason,
+            notices=items, now=self.service.clock()))
+        created = None if ids is None else [
+            OutboxItem(oid, CHANNEL, address, payload)
+            for oid, (address, payload) in zip(ids, items, strict=True)]
         if created:
             self.unverified_budget.spend(item.address for item in created)
             self.dispatcher.enqueue(created)
@@ -436,45 +372,43 @@ class EmailChannel:
         found = self.app.detector.detect(mail.reply_text or mail.subject)
         return found.language if found.confident and found.language else "en"
 
-    # -- the turn (runs inside the service's transaction: pure, no I/O) -------------------------
+    def _renderer(self, state: dict[str, Any] | None) -> FormRenderer:
+        return self.renderers.get((state or {}).get("questionnaire")) \
+            or self.renderers[self.app.questionnaire.id]
 
-    def _turn(self, engine: Engine, state: dict, inbound: Inbound, now: datetime,
-              detection: Any, *, ctx: _Context) -> Turn:
-        form = self.forms.get(engine.qn.id) or MailForm(engine)
-        mt = form.handle(state, inbound.text, now, detection, hint=inbound.language_hint,
-                         subject=ctx.subject, delegate=ctx.delegate)
-        replies: list[Reply] = []
-        for index, out in enumerate(mt.mails):
-            recipient = out.to or inbound.user_id
-            if recipient not in ctx.allowed:
-                continue  # over today's cap: the answers are kept, no reply
-            replies.append(self._reply(out.doc, mail=ctx.mail, to=out.to, reply=out.reply,
-                                       ref=mt.turn.state["ref"], index=index))
-        mt.turn.replies = replies
-        return mt.turn
-
-    def _reply(self, doc: Doc, *, mail: ParsedMail, to: str | None, reply: bool,
-               ref: str | None, index: int) -> Reply:
+    def _envelope(self, doc: Doc, thread: dict[str, Any], *, reply: bool,
+                  index: int) -> dict[str, Any]:
+        """Subject, HTML and threading headers of one mail answering `thread`."""
         subject = doc.subject
-        extra: dict[str, Any] = {"ref": ref, "to": to}
+        out: dict[str, Any] = {}
         if reply:
             if doc.kind not in ("form", "verify"):  # verify: not the subject of a forgery
-                subject = reply_subject(mail.subject, doc.subject)
-            if not mail.message_id_synthesized:
-                extra["in_reply_to"] = mail.message_id
-                extra["references"] = [*mail.references[-10:], mail.message_id]
-        extra["subject"] = subject
-        extra["html"] = render_html(doc)
-        # A Message-ID fixed now survives retries and restarts (receivers can de-duplicate).
-        digest = hashlib.sha256(f"{mail.message_id}\0{index}".encode()).hexdigest()[:24]
-        extra["mid"] = f"capbot.{digest}@{self.domain}"
-        return Reply(render_text(doc), _KINDS.get(doc.kind, "info"), doc.language,  # type: ignore[arg-type]
-                     extra=extra)
+                subject = reply_subject(thread["subject"], doc.subject)
+            if not thread["synthesized"]:
+                out["in_reply_to"] = thread["message_id"]
+                out["references"] = [*thread["references"], thread["message_id"]]
+        out["subject"] = subject
+        out["html"] = render_html(doc)
+        # A Message-ID fixed by the inbound mail survives retries and restarts (receivers
+        # can de-duplicate).
+        digest = hashlib.sha256(f"{thread['message_id']}\0{index}".encode()).hexdigest()[:24]
+        out["mid"] = f"capbot.{digest}@{self.domain}"
+        return out
+
+    def _rendered(self, p: dict[str, Any]) -> dict[str, Any]:
+        """An engine form reply's payload with the mail it stands for: text, HTML, headers."""
+        view = p["form"]
+        doc = self._renderer(view["state"]).render(view)
+        return {**p, "text": render_text(doc),
+                **self._envelope(doc, p["thread"], reply=p.get("reply", True),
+                                 index=p.get("index", 0))}
 
     # -- outbound ------------------------------------------------------------------------------
 
     async def _send(self, item: OutboxItem) -> None:
         p = item.payload
+        if "form" in p:
+            p = self._rendered(p)
         to = p.get("to") or item.address
         ref = p.get("ref")
         subject = p.get("subject") or self._default_subject(p.get("language") or "en")
@@ -496,18 +430,18 @@ class EmailChannel:
         await self.sender.send(self.from_address, [to], data)
 
     def _default_subject(self, lang: str) -> str:
-        form = self.forms[self.app.questionnaire.id]
-        return form.tr.raw(lang, "title", form.qn.id)
+        renderer = self._renderer(None)
+        return renderer.tr.raw(lang, "title", renderer.qn.id)
 
     async def _unreachable(self, item: OutboxItem, why: str) -> None:
         logger.warning("email to %s refused permanently: %s", item.payload.get("to")
                        or item.address, why)
 
 
-def _payload(reply: Reply) -> dict[str, Any]:
-    from bot.service import reply_to_payload
-
-    return reply_to_payload(reply)
+def _begun(state: dict[str, Any] | None) -> bool:
+    """Whether a report has begun (a first mail starts one; until then nothing to protect)."""
+    return bool(state and state.get("ref")
+                and (state.get("phase") != "new" or state.get("answers")))
 
 
 def _size(n: int) -> str:

@@ -14,13 +14,70 @@ import hashlib
 import html
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from email.policy import SMTP
 
-from bot.form import Doc, Entry, Example, Field, Heading, Para
 from bot.i18n import RTL_LANGUAGES
 
 logger = logging.getLogger(__name__)
+
+# -- the document model (built by form_render.py) --------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Para:
+    text: str
+    style: str = ""  # "" | "note" (smaller) | "strong" (stands out)
+
+
+@dataclass(frozen=True, slots=True)
+class Heading:
+    text: str
+    level: int = 2  # 1 title, 2 section, 3 activity block
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One question of the form, ready to print."""
+
+    label: str  # "8" or "2.8"
+    prompt: str
+    mark: str  # "*" (required), a localized "(optional)", or ""
+    notes: tuple[str, ...]  # condition, hint, format, limits
+    options: tuple[tuple[str, str], ...] = ()  # (number, label)
+    current: str | None = None  # "Current answer: …"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One line of a digest: a recorded answer, or one that was not accepted and why."""
+
+    label: str
+    prompt: str
+    value: str
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    lines: tuple[str, ...]  # typed the way the respondent should type them
+
+
+Block = Para | Heading | Field | Entry | Example
+
+
+@dataclass(slots=True)
+class Doc:
+    """One outgoing mail, channel-neutral: render.py makes text and HTML of it."""
+
+    kind: str  # form | digest | review | receipt | notice | verify
+    language: str
+    subject: str
+    blocks: list[Block] = field(default_factory=list)
+    footer: str = ""
+
+
 
 OWN_MARKER = "X-Capbot"
 _INDENT = "   "

@@ -31,7 +31,7 @@ def parse_export_args(args: Sequence[str]):
     """`/export all fr split country=KE since=2024-01-01` -> ExportOptions (the CLI's options
     in a simple form: bare words for status, language, channel and split; key=value or
     --key value for the rest). Raises ExportOptionError naming the option."""
-    from storage.export import CHANNELS, STATUSES, ExportOptionError, ExportOptions
+    from reports.options import CHANNELS, STATUSES, ExportOptionError, ExportOptions
 
     given: dict[str, str | bool] = {}
 
@@ -100,7 +100,7 @@ class AdminCommands:
             await self._export(event.chat_id, event.args, lang)
 
     async def _stats(self, chat: int, lang: str) -> None:
-        from storage.stats import collect_stats, format_stats
+        from reports.stats import collect_stats, format_stats
 
         tr = self.app.translations
         try:
@@ -113,8 +113,8 @@ class AdminCommands:
         await self.notify(chat, text, lang, "pre")
 
     async def _export(self, chat: int, args: Sequence[str], lang: str) -> None:
-        from storage.export import ExportOptionError
-        from storage.export_cli import export_zip
+        from reports.csvfiles import export_zip
+        from reports.options import ExportOptionError
 
         tr = self.app.translations
         try:

@@ -26,6 +26,7 @@ from telegram.ext import Application, ApplicationBuilder
 
 from bot.config import ConfigError
 from bot.engine import awaiting_key
+from bot.events import Amended, AnswerRecorded, LanguageChanged, Stale, Submitted
 from bot.i18n import LANGUAGES
 from bot.outbox import OutboxDispatcher, OutboxItem
 from bot.service import TurnResult
@@ -345,21 +346,20 @@ class TelegramChannel:
         answered: dict[str, str] = {}
         stale = False
         for ev in result.events:
-            kind = ev.get("type")
             try:
-                if kind == "answer":
-                    question = engine.qn.questions[ev["question"]]
-                    answered[ev["slot"]] = engine.display_value(lang, question, ev["value"])
-                elif kind == "language":
-                    answered["language"] = tr.language_name(ev["language"])
-                elif kind == "submitted":
+                if isinstance(ev, AnswerRecorded):
+                    question = engine.qn.questions[ev.question]
+                    answered[ev.slot] = engine.display_value(lang, question, ev.value)
+                elif isinstance(ev, LanguageChanged):
+                    answered["language"] = tr.language_name(ev.language)
+                elif isinstance(ev, Submitted):
                     answered["review"] = tr.t(lang, "submit_button")
-                elif kind == "amend":
+                elif isinstance(ev, Amended):
                     answered["done"] = tr.t(lang, "amend_button")
-                elif kind == "stale":
+                elif isinstance(ev, Stale):
                     stale = True
             except Exception:  # a display problem must not cost the reply
-                logger.exception("cannot display event %s", kind)
+                logger.exception("cannot display event %s", ev.type)
         awaiting = awaiting_key(state) if state else None
         return TurnHint(awaiting, answered, event.pressed, stale)
 

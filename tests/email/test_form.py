@@ -10,13 +10,22 @@ from typing import Any
 import pytest
 
 from bot.engine import Engine
-from bot.form import Doc, Entry, Field, MailForm, MailOut, Para
 from bot.i18n import LANGUAGES
 from bot.language import Detection
 from handlers.email.channel import decode_raw, encode_raw, reply_subject
 from handlers.email.parsing import parse_message
-from handlers.email.render import build_message, encode_words, render_html, render_text
+from handlers.email.render import (
+    Doc,
+    Entry,
+    Field,
+    Para,
+    build_message,
+    encode_words,
+    render_html,
+    render_text,
+)
 from tests.conftest import NOW
+from tests.email.mailform import MailForm, MailOut
 
 # The questionnaire's numbers, as printed in every form (see docs/email.md).
 N = {"R1_name": 1, "R2_email": 2, "R3_org": 3, "R4_orgtype": 4, "R4_orgtype_other": 5,

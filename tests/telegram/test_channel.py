@@ -215,7 +215,7 @@ def test_export_options_in_simple_form(args: list[str], expected: dict) -> None:
                                          (["all", "draft"], "--status"), (["colour=red"],
                                                                            "--colour")])
 def test_bad_export_options_name_the_option(args: list[str], option: str) -> None:
-    from storage.export import ExportOptionError
+    from reports.options import ExportOptionError
 
     with pytest.raises(ExportOptionError) as info:
         parse_export_args(args)

@@ -1,0 +1,67 @@
+"""The queries the email channel needs besides the service's turn (functions on a sync Connection).
+
+Run through `Database.transaction(fn, ...)`, like storage/repository.py; they are the email
+part of the store port: today's reply counts per address, the state of an address's report,
+a report's owner, and an unprocessed message kept together with its notices.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection
+
+from storage import repository as repo
+from storage.models import outbox, respondents, submissions
+
+
+def reply_counts_since(conn: Connection, channel: str, since: datetime
+                       ) -> list[tuple[str, str | None, int]]:
+    """(address, payload["cap"], rows) of the channel's outbox rows created since `since`."""
+    cap = outbox.c.payload["cap"].as_string()
+    stmt = (select(outbox.c.address, cap, func.count())
+            .where(outbox.c.channel == channel, outbox.c.created_at >= since)
+            .group_by(outbox.c.address, cap))
+    return [(address, kind, count) for address, kind, count in conn.execute(stmt)]
+
+
+def report_state(conn: Connection, channel: str, user_id: str) -> dict[str, Any] | None:
+    """The conversation state of that identity's report, or None when it has none."""
+    stmt = (select(respondents.c.state)
+            .where(respondents.c.channel == channel, respondents.c.channel_user_id == user_id)
+            .limit(1))
+    return conn.execute(stmt).scalar()
+
+
+def owner_of(conn: Connection, channel: str, reference: str) -> str | None:
+    """The channel identity whose report has that reference number."""
+    stmt = (select(respondents.c.channel_user_id)
+            .select_from(submissions.join(respondents,
+                                          submissions.c.respondent_id == respondents.c.id))
+            .where(submissions.c.reference == reference, respondents.c.channel == channel)
+            .limit(1))
+    return conn.execute(stmt).scalar()
+
+
+def record_with_notices(conn: Connection, *, channel: str, message_id: str,
+                        user_id: str | None, payload: str, status: str, reason: str,
+                        notices: list[tuple[str, dict[str, Any]]], now: datetime
+                        ) -> list[int] | None:
+    """Keep a message that does not reach the engine, and queue its notices (address,
+    payload) in the same commit; their outbox ids, or None when the message was seen before."""
+    found = repo.insert_inbound(conn, channel=channel, message_id=message_id, user_id=user_id,
+                                kind="text", payload=payload, status=status, reason=reason,
+                                now=now)
+    if found is None:
+        return None
+    if not notices:
+        return []
+    return repo.insert_outbox(conn, [
+        {"channel": channel, "respondent_id": None, "address": address, "payload": body,
+         "status": "pending", "attempts": 0, "created_at": now}
+        for address, body in notices])
+
+
+__all__ = ["owner_of", "record_with_notices", "reply_counts_since", "report_state"]
