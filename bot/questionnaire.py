@@ -23,6 +23,30 @@ MULTI_TYPES = frozenset({"multi_choice", "multi_country"})
 YES_NO_CODES = ("YES", "NO")
 OTHER_SUFFIX = "_other"
 
+# What a question stands for, so that reports (export columns, statistics) find it without
+# naming its id. Each role is held by at most one question; a questionnaire without a role
+# simply gets no such column content or breakdown.
+QuestionRole = Literal[
+    "respondent_name",  # the respondent's name (export `respondent`)
+    "organization",  # the organization's name (export `organization`)
+    "org_type",  # single choice: type of organization (stats by organization type)
+    "country",  # the respondent's country (export `country`, --country, stats by country)
+    "activity_areas",  # multi choice in the repeated section: areas of each activity
+    "need_areas",  # multi choice: areas of capacity-building need
+    "top_needs",  # multi choice: the top needs among need_areas
+]
+# The type a question must have to hold a role, and whether it must be outside a repeated
+# section (one value per report).
+ROLE_TYPES: dict[str, tuple[frozenset[str], bool]] = {
+    "respondent_name": (frozenset({"text"}), True),
+    "organization": (frozenset({"text", "long_text"}), True),
+    "org_type": (frozenset({"single_choice"}), True),
+    "country": (frozenset({"country"}), True),
+    "activity_areas": (frozenset({"multi_choice"}), False),
+    "need_areas": (frozenset({"multi_choice"}), False),
+    "top_needs": (frozenset({"multi_choice"}), False),
+}
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -112,6 +136,7 @@ class QuestionSpec(_Strict):
     max_length: int | None = None
     not_before: str | None = None
     source: str | None = None
+    role: QuestionRole | None = None
 
 
 class RepeatSpec(_Strict):
@@ -133,6 +158,19 @@ class QuestionnaireSpec(_Strict):
     config: dict[str, Any] = Field(default_factory=dict)
     code_lists: dict[str, list[OptionSpec | str]]
     sections: list[SectionSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _roles_once(self) -> QuestionnaireSpec:
+        holders: dict[str, str] = {}
+        for section in self.sections:
+            for q in section.questions:
+                if q.role is None:
+                    continue
+                if q.role in holders:
+                    raise ValueError(f"role {q.role} is given to both question "
+                                     f"{holders[q.role]} and question {q.id}")
+                holders[q.role] = q.id
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +200,7 @@ class Question:
     repeated: bool
     other_of: str | None = None  # for generated "please specify" questions: the parent id
     source: str | None = None
+    role: str | None = None  # QuestionRole
 
     @property
     def is_multi(self) -> bool:
@@ -188,6 +227,7 @@ class Questionnaire:
     path: str
     questions: dict[str, Question] = field(init=False, repr=False)
     sections_by_question: dict[str, Section] = field(init=False, repr=False)
+    roles: dict[str, Question] = field(init=False, repr=False)  # role -> its question
 
     def __post_init__(self) -> None:
         # Frozen for safety; the indexes are derived once here.
@@ -195,9 +235,15 @@ class Questionnaire:
                            {q.id: q for s in self.sections for q in s.questions})
         object.__setattr__(self, "sections_by_question",
                            {q.id: s for s in self.sections for q in s.questions})
+        object.__setattr__(self, "roles", {q.role: q for q in self.questions.values()
+                                           if q.role is not None})
 
     def question(self, qid: str) -> Question:
         return self.questions[qid]
+
+    def by_role(self, role: str) -> Question | None:
+        """The question holding `role` (a QuestionRole), or None if no question does."""
+        return self.roles.get(role)
 
 
 DEFAULT_MAX_LENGTH = {"text": 500, "long_text": 5000, "email": 254, "url": 2000}
@@ -326,12 +372,21 @@ def _build_question(qs: QuestionSpec, s: SectionSpec, code_lists, fail) -> Quest
             raise fail(f"question {qs.id}: a choice question needs `options` or `options_from`")
     elif qs.options or qs.options_from:
         raise fail(f"question {qs.id}: type {qs.type} takes no options")
+    if qs.role is not None:
+        types, once = ROLE_TYPES[qs.role]
+        if qs.type not in types:
+            raise fail(f"question {qs.id}: role {qs.role} needs type "
+                       f"{' or '.join(sorted(types))}, not {qs.type}")
+        if once and s.repeat is not None:
+            raise fail(f"question {qs.id}: role {qs.role} needs one answer per report, "
+                       f"not a question of the repeated section {s.id}")
     return Question(
         id=qs.id, type=qs.type, section=s.id, required=qs.required, required_if=qs.required_if,
         ask_if=qs.ask_if, option_list=qs.options, options=options, options_from=qs.options_from,
         min=qs.min, max=qs.max, max_select=qs.max_select, max_words=qs.max_words,
         max_length=qs.max_length or DEFAULT_MAX_LENGTH.get(qs.type, 200),
-        not_before=qs.not_before, repeated=s.repeat is not None, source=qs.source)
+        not_before=qs.not_before, repeated=s.repeat is not None, source=qs.source,
+        role=qs.role)
 
 
 def load_questionnaires(directory: Path) -> dict[str, Questionnaire]:
