@@ -26,14 +26,13 @@ import hashlib
 import hmac
 import logging
 import time
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from bot.language import normalize_language_tag
+from bot.mailstore import MailStore
 from bot.messages import Inbound
 from bot.outbox import OutboxDispatcher, OutboxItem
 from bot.replycap import UNVERIFIED, ReplyBudget, start_of_day
-from storage import mail_store
 
 from .authres import verified_from
 from .form_reader import FormReader, bare_subject
@@ -108,6 +107,7 @@ class EmailChannel:
         assert s.imap_host and s.smtp_host and s.email_from and s.secret_key
         self.app = app
         self.service = app.service
+        self.store = MailStore(app.database, CHANNEL)
         self.secret = s.secret_key.encode("utf-8")
         self.from_address = normalize_address(s.email_from)
         if not self.from_address:
@@ -156,9 +156,7 @@ class EmailChannel:
         await self.sender.close()
 
     async def _seed_budget(self) -> None:
-        counts = await self.app.database.transaction(mail_store.reply_counts_since, CHANNEL,
-                                                     start_of_day())
-        for address, kind, count in counts:
+        for address, kind, count in await self.store.reply_counts_since(start_of_day()):
             budget = self.unverified_budget if kind == UNVERIFIED else self.budget
             budget.counts[address] += count
 
@@ -239,15 +237,14 @@ class EmailChannel:
         if mail.token:
             claims = verify_token(self.secret, mail.token, int(time.time()))
             if claims is not None and not claims.matches_address(sender):
-                owner = await self.app.database.transaction(mail_store.owner_of, CHANNEL,
-                                                            claims.ref)
+                owner = await self.store.owner_of(claims.ref)
                 delegate = sender
             if claims is None or owner is None:
                 await self._record(fetched, mail, status="rejected",
                                    reason="reply token forged, expired or unknown",
                                    notice=("mail_bad_token", {}))
                 return True
-        state = await self.app.database.transaction(mail_store.report_state, CHANNEL, owner)
+        state = await self.store.report_state(owner)
         draft = state if _begun(state) else None
         if delegate is None:
             why = self._unproven(mail, claims, draft)
@@ -343,13 +340,9 @@ class EmailChannel:
             log = logger.warning if self.unverified_budget.first_refusal(sender) else logger.info
             log("daily cap of notices to unverified mail reached for %s: recording without "
                 "answering", sender)
-        ids = await self.app.database.transaction(partial(
-            mail_store.record_with_notices, channel=CHANNEL, message_id=mail.message_id,
-            user_id=sender or None, payload=encode_raw(raw), status=status, reason=reason,
-            notices=items, now=self.service.clock()))
-        created = None if ids is None else [
-            OutboxItem(oid, CHANNEL, address, payload)
-            for oid, (address, payload) in zip(ids, items, strict=True)]
+        created = await self.store.record_with_notices(
+            message_id=mail.message_id, user_id=sender or None, payload=encode_raw(raw),
+            status=status, reason=reason, notices=items, now=self.service.clock())
         if created:
             self.unverified_budget.spend(item.address for item in created)
             self.dispatcher.enqueue(created)
