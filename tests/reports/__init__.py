@@ -1,0 +1,1 @@
+"""Tests of the reports package (export, statistics) and the questionnaire roles it reads."""
