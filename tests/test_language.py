@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import threading
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -236,16 +235,13 @@ def test_mixed_scripts_follow_the_dominant_script(detector, text, language, conf
 
 
 def test_only_the_beginning_of_a_very_long_text_is_read(detector):
+    # Speed is in benchmarks/language_accuracy.py; here: what is read, whatever the length.
     text = "Nous avons organisé une formation en biosécurité. " * 40 + "x" * 100_000
-    t0 = time.perf_counter()
     d = detector.detect(text)
-    assert time.perf_counter() - t0 < 1.0
     assert (d.language, d.confident) == ("fr", True)
     assert d.letters <= 2000
     for long_text in ("a" * 100_000, "a-" * 50_000, "中" * 100_000, "é." * 50_000):
-        t0 = time.perf_counter()
-        detector.detect(long_text)
-        assert time.perf_counter() - t0 < 1.0
+        assert detector.detect(long_text).letters <= 2000
 
 
 @pytest.mark.parametrize(

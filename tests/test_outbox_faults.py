@@ -113,8 +113,9 @@ async def test_a_row_claimed_by_a_process_that_died_waits_for_its_lease(
     await survivor.stop()
     by_text = {text: at for at, text in sent_after}
     assert first_sends == ["receipt"]
-    assert by_text["to someone else"] < 1.0  # never attempted: goes at once
-    assert by_text["receipt"] >= 1.0  # attempted within the lease: only after it ran out
+    # Never attempted: goes at once; attempted within the lease: only after it ran out.
+    assert by_text["to someone else"] < by_text["receipt"]
+    assert by_text["receipt"] >= 1.0
     assert set((await _statuses(app)).values()) == {"sent"}
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import pytest
 from bidi import get_base_level, get_display
@@ -71,14 +70,6 @@ def test_ambiguous_or_misspelt_names_offer_the_closest_countries() -> None:
     assert set(table.lookup("Korea", "en").candidates) == {"kr", "kp"}
     assert table.lookup("Kirgizstan", "en").candidates[0] == "kg"
     assert table.lookup("Atlantis", "en").code is None
-
-
-def test_lookup_is_fast_once_built() -> None:
-    table = country_table()
-    started = time.perf_counter()
-    for _ in range(1000):
-        table.lookup("Российская Федерация", "ru")
-    assert time.perf_counter() - started < 0.5
 
 
 def test_chat_offers_countries_as_choices_and_accepts_one(engine: Engine) -> None:
