@@ -12,8 +12,8 @@ import time
 from sqlalchemy import select
 
 from bot.outbox import OutboxDispatcher, OutboxItem, TransientSendError
-from storage.models import outbox
 from reports.stats import collect_stats, format_stats
+from storage.models import outbox
 from tests.support.disk import small_disk
 
 
