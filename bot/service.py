@@ -296,6 +296,13 @@ class ConversationService:
 
         return await self.spool.replay(keep)
 
+    async def set_unreachable(self, channel: str, address: str, unreachable: bool) -> bool:
+        """Record that an address cannot (or can again) be reached; True when it changed."""
+        changed = await self.db.transaction(functools.partial(
+            repo.set_unreachable, channel=channel, user_id=address, unreachable=unreachable,
+            now=self.clock()))
+        return bool(changed)
+
     # -- messages that are not replies to a turn ----------------------------------------------
 
     def add_outbox(self, conn: Any, items: list[dict[str, Any]],
