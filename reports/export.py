@@ -10,7 +10,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.i18n import Translations
-from bot.questionnaire import MULTI_TYPES, Condition, Question, Questionnaire
+from bot.questionnaire import MULTI_TYPES, Question, Questionnaire
+from bot.rules import Rules
 from reports.cells import RISKY_FIRST, format_timestamp, neutralise, number_cell
 from reports.codebook import CODEBOOK_HEADER, CODED_TYPES, DATA_TABLES, Codebook
 from reports.options import ExportOptions
@@ -109,12 +110,7 @@ class Exporter:
         self._info = {q.id: (q.repeated, q.type in NUMBER_TYPES,
                              q.type in MULTI_TYPES and q.id in referenced)
                       for q in questionnaire.questions.values()}
-        # Only questions that are or may be required count towards completeness.
-        self._required_plan = [
-            (_memo(sec.ask_if), sec.repeat_max, sec.more_question,
-             [(q.id, _memo(q.ask_if), q.required, _memo(q.required_if))
-              for q in sec.questions if q.required or q.required_if is not None])
-            for sec in questionnaire.sections]
+        self._rules = Rules(questionnaire)  # completeness, by the engine's rules
         self.columns: dict[str, list[Column]] = {}
         self._fills: dict[str, dict[str, _Fill]] = {}
         top = [q for q in questionnaire.questions.values() if not q.repeated]
@@ -367,75 +363,19 @@ class Exporter:
 
     def _completeness(self, values: dict[str, Any],
                       per_rep: dict[int, dict[str, Any]]) -> str:
-        """Answered required questions / required questions that apply, by the engine's rules
-        (section and question conditions; activities repeat while 'more' says YES; inside an
-        activity a question reads that activity's answer, else the one outside it)."""
-        get = values.get
+        """Answered required questions / required questions that apply, by the engine's own
+        rules (bot/rules.py)."""
+        answers = dict(values)
+        for rep, own in per_rep.items():
+            answers.update({f"{qid}@{rep}": v for qid, v in own.items()})
         required = answered = 0
-        for ask_if, repeat_max, more, questions in self._required_plan:
-            if ask_if is not None and not ask_if.holds(get):
-                continue
-            if repeat_max == 1:
-                for qid, q_ask_if, always, required_if in questions:
-                    if q_ask_if is not None and not q_ask_if.holds(get):
-                        continue
-                    if always or required_if.holds(get):
-                        required += 1
-                        if get(qid) is not None:
-                            answered += 1
-                continue
-            rep = 0
-            while True:
-                own = per_rep.get(rep, _EMPTY)
-                here = {**values, **{k: v for k, v in own.items() if v is not None}}.get
-                last = rep + 1 >= repeat_max
-                for qid, q_ask_if, always, required_if in questions:
-                    if last and qid == more:
-                        continue
-                    if q_ask_if is not None and not q_ask_if.holds(here):
-                        continue
-                    if always or required_if.holds(here):
-                        required += 1
-                        if own.get(qid) is not None:
-                            answered += 1
-                if last or own.get(more) != "YES":
-                    break
-                rep += 1
+        rules = self._rules
+        for slot in rules.slots(answers):
+            if rules.is_required(slot, answers):
+                required += 1
+                if answers.get(slot.key) is not None:
+                    answered += 1
         return f"{answered / required:.2f}" if required else ""
-
-
-class _Memo:
-    """A condition whose result is memoized on the values of the questions it reads (most
-    reports share them), with the questionnaire model's own evaluation on a miss."""
-
-    __slots__ = ("cache", "condition", "refs", "single")
-
-    def __init__(self, condition: Condition) -> None:
-        self.condition = condition
-        self.refs = tuple(dict.fromkeys(condition.questions()))
-        self.single = self.refs[0] if len(self.refs) == 1 else None
-        self.cache: dict[Any, bool] = {}
-
-    def holds(self, get) -> bool:
-        if self.single is not None:
-            key = get(self.single)
-            if type(key) is list:
-                key = tuple(key)
-        else:
-            key = tuple([tuple(v) if type(v) is list else v for v in map(get, self.refs)])
-        found = self.cache.get(key)
-        if found is None:
-            if len(self.cache) >= 4096:
-                self.cache.clear()
-            found = self.cache[key] = self.condition.holds(get)
-        return found
-
-
-def _memo(condition: Condition | None) -> _Memo | None:
-    return _Memo(condition) if condition is not None else None
-
-
-_EMPTY: dict[str, Any] = {}
 
 
 def _kind(q: Question) -> int:
