@@ -83,6 +83,7 @@ class OutboxDispatcher:
         self._queued: set[int] = set()
         # Marks not yet written: (row id, status, error). Kept until the database takes them.
         self._marks: list[tuple[int, str, str | None]] = []
+        self._unflushed: set[int] = set()  # ids in _marks: settled here, still pending there
         self._flush_wakeup = asyncio.Event()
         self._flushed = asyncio.Event()
         self._flushed.set()
@@ -234,6 +235,7 @@ class OutboxDispatcher:
 
     def _mark(self, row_id: int, status: str, error: str | None) -> None:
         self._marks.append((row_id, status, error[:500] if error else None))
+        self._unflushed.add(row_id)
         self._flushed.clear()
         self._flush_wakeup.set()
 
@@ -269,6 +271,7 @@ class OutboxDispatcher:
         await self.db.transaction(functools.partial(repo.mark_outbox_rows, marks=marks,
                                                     now=datetime.now(UTC)))
         del self._marks[:len(marks)]
+        self._unflushed.difference_update(row_id for row_id, _, _ in marks)
 
     # -- rows nobody queued: left by a crash, or failed to reach the queue ----------------------
 
@@ -286,7 +289,10 @@ class OutboxDispatcher:
     async def _sweep(self) -> int:
         rows = await self.db.transaction(functools.partial(
             repo.pending_outbox, channel=self.channel, limit=100_000))
-        fresh = [r for r in rows if r["id"] not in self._queued]
+        # Rows queued, or sent and not yet marked, are ours already. A row sent and marked
+        # after this read is refused by its claim, so it cannot go out twice.
+        fresh = [r for r in rows if r["id"] not in self._queued
+                 and r["id"] not in self._unflushed]
         # One turn's replies share address and creation time: queue them as one group.
         groups: dict[tuple[str, Any], list[OutboxItem]] = {}
         for r in fresh:

@@ -177,3 +177,24 @@ async def test_replies_given_up_on_are_reported_and_can_be_queued_again(
     await _until(lambda: _async(sent == ["your receipt"]), 10, "the retried send")
     await dispatcher.stop()
     assert set((await _statuses(app)).values()) == {"sent"}
+
+
+async def test_the_sweep_never_queues_a_reply_already_sent(make_app, sqlite_url) -> None:
+    app = await make_app(sqlite_url)
+    sent: list[str] = []
+
+    async def send(item: OutboxItem) -> None:
+        await asyncio.sleep(0.002)
+        sent.append(item.payload["text"])
+
+    # A sweep every few milliseconds races every send and every mark.
+    dispatcher = OutboxDispatcher(app.database, "telegram", send, sweep_interval=0.003)
+    await dispatcher.start()
+    app.service.on_outbox(dispatcher.enqueue)
+    for n in range(60):
+        await app.service.send_later(_items([f"reply {n}"], f"chat-{n % 3}"))
+    await asyncio.wait_for(dispatcher.wait_idle(), 20)
+    await asyncio.sleep(0.1)  # a late sweep would queue a duplicate now
+    await asyncio.wait_for(dispatcher.wait_idle(), 20)
+    await dispatcher.stop()
+    assert sorted(sent) == sorted(f"reply {n}" for n in range(60))
