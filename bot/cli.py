@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import getpass
 import logging
+import os
 import sys
 
 from bot.config import ConfigError, Settings, load_settings
@@ -76,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`capbot chat | head`): nothing to say
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no flush error at exit
+        return 0
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
