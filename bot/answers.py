@@ -310,13 +310,15 @@ class AnswerParser:
         return self._one_country(text, lang)
 
     def _parse_multi_country(self, text: str, lang: str, **_: Any) -> list[str]:
-        whole = country_table().lookup(text, lang)
+        table = country_table()
+        # Near matches only for the single names: "KE, UG" is two exact ones.
+        whole = table.lookup(text, lang, fuzzy=len(_COMMA_SPLIT.split(text)) == 1)
         if whole.code:
             return [whole.code]
         codes: list[str] = []
         for part in _COMMA_SPLIT.split(text):
             # "Trinidad and Tobago" is one country; "Kenya and Uganda" two.
-            pieces = [part] if country_table().lookup(part, lang).code else \
+            pieces = [part] if table.lookup(part, lang, fuzzy=False).code else \
                 _LIST_SPLIT.split(part)
             for piece in pieces:
                 if piece.strip():

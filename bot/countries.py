@@ -129,7 +129,9 @@ class CountryTable:
     def name(self, lang: str, code: str) -> str:
         return self._names[lang].get(code.lower(), code.upper())
 
-    def lookup(self, text: str, lang: str) -> CountryMatch:
+    def lookup(self, text: str, lang: str, *, fuzzy: bool = True) -> CountryMatch:
+        """The country `text` names; `fuzzy` also tries parts of names and close spellings
+        (about 20 ms: only where an exact match failed and a near one is wanted)."""
         key = name_key(text)
         if not key:
             return CountryMatch(None)
@@ -144,7 +146,7 @@ class CountryTable:
         code = self._codes.get(text.strip().casefold().rstrip("."))
         if code:
             return CountryMatch(code)
-        return self._near(text, key)
+        return self._near(text, key) if fuzzy else CountryMatch(None)
 
     def _near(self, text: str, key: str) -> CountryMatch:
         """Part of a name, the English variants hdx knows ("Ivory Coast"), close spellings."""
