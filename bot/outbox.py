@@ -88,6 +88,9 @@ class OutboxDispatcher:
         self._flushed = asyncio.Event()
         self._flushed.set()
         self._background: list[asyncio.Task] = []
+        self._claims: dict[int, asyncio.Future] = {}
+        self._claim_wakeup = asyncio.Event()
+        self._claimer: asyncio.Task | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self._db_trouble: str | None = None  # what the database last refused, until it works
@@ -126,9 +129,11 @@ class OutboxDispatcher:
     async def stop(self) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), 5.0)
-        for task in [*self._workers.values(), *self._background]:
+        tasks = [*self._workers.values(), *self._background,
+                 *([self._claimer] if self._claimer else [])]
+        for task in tasks:
             task.cancel()
-        for task in [*self._workers.values(), *self._background]:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         try:
@@ -204,9 +209,7 @@ class OutboxDispatcher:
         while True:
             now = datetime.now(UTC)
             try:
-                claimed, holder = await self.db.transaction(functools.partial(
-                    repo.claim_outbox, row_id=item.id, owner=self.owner, now=now,
-                    until=now + timedelta(seconds=self.lease)))
+                claimed, holder = await self._claim_together(item.id)
             except Exception as exc:
                 self._database_refused("claim a reply before sending", exc)
                 await asyncio.sleep(delay)
@@ -221,6 +224,38 @@ class OutboxDispatcher:
             logger.info("%s: row %d is leased for %.0fs more; waiting", self.channel, item.id,
                         wait)
             await asyncio.sleep(max(0.05, wait))
+
+    async def _claim_together(self, row_id: int) -> tuple[bool, datetime | None]:
+        """One commit claims the rows of every sender that asks at about the same moment."""
+        future = asyncio.get_running_loop().create_future()
+        self._claims[row_id] = future
+        if self._claimer is None or self._claimer.done():
+            self._claimer = asyncio.create_task(self._claim_loop(),
+                                                name=f"outbox-claims-{self.channel}")
+        self._claim_wakeup.set()
+        return await future
+
+    async def _claim_loop(self) -> None:
+        while True:
+            await self._claim_wakeup.wait()
+            self._claim_wakeup.clear()
+            await asyncio.sleep(0)  # senders woken in this tick add their rows
+            batch, self._claims = self._claims, {}
+            if not batch:
+                continue
+            now = datetime.now(UTC)
+            try:
+                results = await self.db.transaction(functools.partial(
+                    repo.claim_outbox_rows, row_ids=list(batch), owner=self.owner, now=now,
+                    until=now + timedelta(seconds=self.lease)))
+            except Exception as exc:
+                for future in batch.values():
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for row_id, future in batch.items():
+                if not future.done():
+                    future.set_result(results[row_id])
 
     async def _note_retry(self, item: OutboxItem, exc: Exception, delay: float) -> None:
         try:

@@ -133,6 +133,13 @@ def claim_outbox(conn: Connection, *, row_id: int, owner: str, now: datetime,
     return False, held if held.tzinfo else held.replace(tzinfo=UTC)
 
 
+def claim_outbox_rows(conn: Connection, *, row_ids: Sequence[int], owner: str, now: datetime,
+                      until: datetime) -> dict[int, tuple[bool, datetime | None]]:
+    """claim_outbox for several rows in one transaction (one durable commit for all)."""
+    return {row_id: claim_outbox(conn, row_id=row_id, owner=owner, now=now, until=until)
+            for row_id in row_ids}
+
+
 def mark_outbox(conn: Connection, ids: Sequence[int], **values: Any) -> None:
     if ids:
         conn.execute(update(outbox).where(outbox.c.id.in_(list(ids))).values(**values))
