@@ -258,10 +258,10 @@ async def _export(url: str, out: Path, job: str) -> dict[str, int]:
     """The full export through `capbot export` itself; one file through the same functions."""
     from bot.app import load_content
     from bot.config import load_settings
-    from storage.db import create_engine
     from reports.cli import run_export, tune_gc_for_batch
     from reports.csvfiles import export_dir
     from reports.options import ExportOptions
+    from storage.db import create_engine
 
     settings = load_settings(database_url=url)
     if job in ("all-dir", "all-zip"):
@@ -287,8 +287,8 @@ async def _export(url: str, out: Path, job: str) -> dict[str, int]:
 async def _stats(url: str) -> int:
     from bot.app import load_content
     from bot.config import load_settings
-    from storage.db import create_engine
     from reports.stats import collect_stats
+    from storage.db import create_engine
 
     _, qn, translations = load_content(load_settings(database_url=url))
     engine = create_engine(url)

@@ -37,7 +37,6 @@ _LOGGED_EVENTS = frozenset({"started", "language", "submitted", "amend", "cancel
                             "invalid", "stale", "delegate"})
 _CHANGES = frozenset({"answer", "answer_removed", "submitted", "cancelled", "resumed",
                       "language"})
-TurnFn = Callable[[Engine, dict, Inbound, datetime, Any], Turn]
 OutboxListener = Callable[[list[OutboxItem]], None]
 
 
@@ -90,7 +89,6 @@ class _Ask:
     language: str | None
     explicit: bool
     prefill: dict[str, Any] | None
-    turn_fn: TurnFn | None
     detection: Detection | None
     now: datetime
     turn: Turn | None = None
@@ -131,7 +129,7 @@ class ConversationService:
 
     async def handle(self, inbound: Inbound, *, language: str | None = None,
                      explicit_language: bool = False, prefill: dict[str, Any] | None = None,
-                     turn_fn: TurnFn | None = None, delivered: bool = False) -> TurnResult:
+                     delivered: bool = False) -> TurnResult:
         """Process one inbound message exactly once; bad input never raises.
 
         `delivered`: the caller shows the replies itself (the console), so they are stored
@@ -140,8 +138,7 @@ class ConversationService:
         key = (inbound.channel, inbound.user_id)
         async with self.locks.hold(key):
             detection = await self._detection(inbound, key)
-            ask = _Ask(inbound, language, explicit_language, prefill, turn_fn, detection,
-                       self.clock())
+            ask = _Ask(inbound, language, explicit_language, prefill, detection, self.clock())
             message = Message(inbound.channel, inbound.user_id, inbound.message_id,
                               inbound.kind, inbound.raw or inbound.text, inbound.display_name)
             try:
@@ -171,8 +168,7 @@ class ConversationService:
         else:
             state = stored
         try:
-            turn = (ask.turn_fn or _default_turn)(engine, state, ask.inbound, ask.now,
-                                                  ask.detection)
+            turn = engine.handle(state, ask.inbound, ask.now, ask.detection)
         except Exception as exc:  # a bug must not lose the message or block the batch
             logger.exception("engine failed on %s/%s", ask.inbound.channel,
                              ask.inbound.message_id)
@@ -333,8 +329,3 @@ def _slot(key: str) -> tuple[str, int]:
 def _may_detect(state: dict[str, Any]) -> bool:
     """The engine uses a detection only before the language is settled."""
     return not state.get("lang_explicit") and state.get("phase") in ("new", "language")
-
-
-def _default_turn(engine: Engine, state: dict, inbound: Inbound, now: datetime,
-                  detection: Any) -> Turn:
-    return engine.handle(state, inbound, now, detection)

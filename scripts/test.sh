@@ -70,6 +70,9 @@ fi
 log "ruff check ."
 .venv/bin/ruff check .
 
+log "lint-imports (architecture contracts in .importlinter)"
+.venv/bin/lint-imports
+
 log "pytest"
 # exec: the script's exit status is pytest's own (5 = no tests collected is a failure too).
 exec "$PY" -m pytest -q "$@"

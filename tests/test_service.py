@@ -102,10 +102,17 @@ async def test_engine_failure_keeps_the_message_and_answers_politely(make_app,
                                                                      database_url) -> None:
     app = await make_app(database_url)
 
-    def broken(engine, state, inbound, now, detection):
+    engine = app.service.engine_for(None)
+    handle = engine.handle
+
+    def broken(state, inbound, now, detection):
         raise RuntimeError("boom")
 
-    result = await app.service.handle(msg("u", "text", "hello"), turn_fn=broken)
+    engine.handle = broken  # a bug in the engine, for one turn
+    try:
+        result = await app.service.handle(msg("u", "text", "hello"))
+    finally:
+        engine.handle = handle
     assert result.failed and result.replies[0].kind == "error"
     async with app.db.connect() as conn:
         row = (await conn.execute(select(inbound_messages))).one()

@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -45,7 +44,6 @@ from handlers.telegram.translate import (
     language_of,
     parse_update,
 )
-from storage import repository as repo
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -443,11 +441,7 @@ class TelegramChannel:
         await self._set_unreachable(item.address, True)
 
     async def _set_unreachable(self, address: str, unreachable: bool) -> None:
-        import functools
-
-        changed = await self.app.database.transaction(functools.partial(
-            repo.set_unreachable, channel=CHANNEL, user_id=address, unreachable=unreachable,
-            now=datetime.now(UTC)))
+        changed = await self.app.service.set_unreachable(CHANNEL, address, unreachable)
         if changed:
             logger.info("telegram: chat %s is %s", address,
                         "unreachable (bot blocked)" if unreachable else "reachable again")
