@@ -706,8 +706,8 @@ async def test_failed_export_leaves_no_file(app: App, tmp_path: Path, monkeypatc
     for out in (tmp_path / "x.zip", tmp_path / "d"):
         with pytest.raises(OSError):
             await export_files(app, out)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["capbot.db", "capbot.db-shm",
-                                                          "capbot.db-wal", "d"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "capbot.db", "capbot.db-shm", "capbot.db-wal", "capbot.db.spool", "d"]
     assert [p.name for p in (tmp_path / "d").iterdir()] == ["answers.csv"]
     assert (tmp_path / "d" / "answers.csv").read_text() == "previous complete export"
 
