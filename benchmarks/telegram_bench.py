@@ -7,7 +7,8 @@ question (buttons, multi-choice toggles, typed text) up to the receipt, through 
 against FakeBotApi on loopback. Prints turns/s, p50/p99 latency (a user's action until the
 bot's next prompt is shown, or the toggled check mark), and the bot process's CPU ms per turn;
 then, in the same run, a bare python-telegram-bot echo bot with the same HTTP client
-(handlers.telegram.http11) and update processor (benchmarks.telegram_echo) as the floor.
+(handlers.telegram.request.AiohttpRequest) and update processor (benchmarks.telegram_echo) as
+the floor.
 
 CPU attribution: the fake Bot API and the simulated users run in a child process, so
 time.process_time() here counts capbot alone: PTB, the transport, the engine, SQLite's writer
@@ -210,7 +211,7 @@ def main() -> None:
         return
 
     def factory(endpoint: Endpoint):
-        return make_echo_application(endpoint, "http11", 256)  # capbot's transport
+        return make_echo_application(endpoint, "aiohttp", 256)  # capbot's transport
 
     echo = asyncio.run(run_load(factory, args.users, capbot["turns"]))
     ratio = capbot["bot_cpu_ms_per_turn"] / echo["bot_cpu_ms_per_message"]

@@ -1,7 +1,7 @@
 """Benchmark: a bare PTB echo bot under simulated Telegram users — the floor for capbot's bot.
 
 Run: python -m benchmarks.telegram_echo [--users 100] [--messages 1000]
-                                        [--transport aiohttp|http11|httpx] [--concurrency 256]
+                                        [--transport aiohttp|httpx] [--concurrency 256]
 Prints round trips/s, p50/p99 round-trip latency and the bot process's CPU ms per message.
 
 CPU attribution: FakeBotApi and the simulated users run in a child process, so
@@ -33,7 +33,6 @@ from telegram.ext import (
     filters,
 )
 
-from handlers.telegram.http11 import Http11Request
 from handlers.telegram.ordering import PerChatUpdateProcessor
 from handlers.telegram.request import AiohttpRequest
 from tests.telegram.fake_bot_api import FakeBotApi, polling
@@ -67,10 +66,8 @@ def make_echo_application(
 ) -> Application:
     """The bare echo bot; concurrency=1 processes updates one by one (PTB's default)."""
     builder = endpoint.builder()
-    if transport == "aiohttp":
+    if transport == "aiohttp":  # capbot's transport
         builder = builder.request(AiohttpRequest()).get_updates_request(AiohttpRequest())
-    elif transport == "http11":  # capbot's transport
-        builder = builder.request(Http11Request()).get_updates_request(Http11Request())
     if concurrency > 1:
         builder = builder.concurrent_updates(PerChatUpdateProcessor(concurrency))
     application = builder.build()
@@ -182,7 +179,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=100)
     parser.add_argument("--messages", type=int, default=1000)
-    parser.add_argument("--transport", choices=("aiohttp", "http11", "httpx"), default="aiohttp")
+    parser.add_argument("--transport", choices=("aiohttp", "httpx"), default="aiohttp")
     parser.add_argument("--concurrency", type=int, default=256, help="1 = sequential updates")
     parser.add_argument("--serve-fake", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     telegram_webhook_listen: str = "0.0.0.0"
     telegram_webhook_port: int = 8443
     telegram_webhook_secret: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,256}$")
+    # Outbound proxy for the Bot API, e.g. http://user:pass@proxy.example:3128. Without it the
+    # standard HTTPS_PROXY / https_proxy (and NO_PROXY) environment variables apply.
+    telegram_proxy: str | None = Field(None, pattern=r"^https?://\S+$",
+                                       description="http:// or https:// proxy URL for the "
+                                                   "Bot API; default: HTTPS_PROXY")
     # Telegram's flood limits: ~30 messages/s per bot (PTB's AIORateLimiter), and about one
     # message per second in a private chat (short bursts allowed). Tests switch them off.
     telegram_rate_limit: bool = True

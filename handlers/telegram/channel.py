@@ -30,11 +30,10 @@ from bot.i18n import LANGUAGES
 from bot.outbox import OutboxDispatcher, OutboxItem
 from bot.service import TurnResult
 from handlers.telegram.admin import AdminCommands
-from handlers.telegram.http11 import Http11Request
 from handlers.telegram.intake import Poller, WebhookServer
 from handlers.telegram.ordering import PerChatUpdateProcessor
 from handlers.telegram.ratelimit import ChatRateLimiter
-from handlers.telegram.request import RawUpdatesRequest
+from handlers.telegram.request import AiohttpRequest
 from handlers.telegram.sender import TelegramSender, TurnHint
 from handlers.telegram.throttle import InboundThrottle
 from handlers.telegram.translate import (
@@ -113,8 +112,9 @@ class TelegramChannel:
 
     def _build_application(self) -> Application:
         s = self.settings
-        self._updates_request = RawUpdatesRequest(Http11Request())
-        self._request = Http11Request()
+        # aiohttp for both (PTB needs two instances); the proxy, if any, for both.
+        self._updates_request = AiohttpRequest(proxy=s.telegram_proxy)
+        self._request = AiohttpRequest(proxy=s.telegram_proxy)
         builder = (ApplicationBuilder().token(s.telegram_token)
                    .request(self._request)
                    .get_updates_request(self._updates_request)
@@ -183,16 +183,13 @@ class TelegramChannel:
             self._intake = WebhookServer(
                 application.bot, self.dispatch, url=url, listen=s.telegram_webhook_listen,
                 port=s.telegram_webhook_port, path=urlsplit(url).path,
-                secret=webhook_secret(s), allowed_updates=ALLOWED_UPDATES, max_connections=40,
-                keep=self._updates_request.keep)
+                secret=webhook_secret(s), allowed_updates=ALLOWED_UPDATES, max_connections=40)
             await self._intake.start()
             logger.info("telegram: webhook on %s:%s for %s", s.telegram_webhook_listen,
                         s.telegram_webhook_port, url)
         else:
             self._intake = Poller(application.bot, self.dispatch, timeout=self.poll_timeout,
-                                  allowed_updates=ALLOWED_UPDATES,
-                                  forget=self._updates_request.forget,
-                                  request=self._updates_request)
+                                  allowed_updates=ALLOWED_UPDATES)
             await self._intake.start()
             logger.info("telegram: long polling as @%s", self._bot_username)
         await self.set_commands()
@@ -258,14 +255,15 @@ class TelegramChannel:
 
     # -- updates ------------------------------------------------------------------------------
 
-    async def dispatch(self, update: Update) -> None:
-        """Handle one update in its chat's turn; returns once it is kept (its turn or its
-        record committed), raises if it could not be kept."""
-        await self.processor.process_update(update, self._process(update))
+    async def dispatch(self, update: Update | None, data: dict) -> None:
+        """Handle one update (PTB's, or None if PTB could not read it; and the JSON Telegram
+        sent) in its chat's turn; returns once it is kept (its turn or its record committed),
+        raises if it could not be kept."""
+        await self.processor.process_update(update, self._process(data))
 
-    async def _process(self, update: Update) -> None:
+    async def _process(self, data: dict) -> None:
         try:
-            await self._handle_update(update)
+            await self._handle_update(data)
         finally:
             self.updates_handled += 1
             self._handled.set()
@@ -277,20 +275,15 @@ class TelegramChannel:
             await self._handled.wait()
         await self.dispatcher.wait_idle()
 
-    async def _handle_update(self, update: Update) -> None:
-        # As Telegram sent it when it came by polling; rebuilt by PTB for webhook deliveries.
-        kept = self._updates_request.pop_raw(update.update_id)
-        if kept is not None:
-            data, raw = kept
-        else:
-            data = update.to_dict()
-            raw = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    async def _handle_update(self, data: dict) -> None:
+        raw = json.dumps(data, ensure_ascii=False, separators=(",", ":"))  # as Telegram sent it
+        update_id = data.get("update_id")
         try:
             event = parse_update(data, bot_id=self._bot_id, bot_username=self._bot_username,
                                  codec=self.codec, raw=raw)
         except Exception as exc:
-            logger.exception("cannot translate update %s", update.update_id)
-            await self._record(f"{self._bot_id}:{update.update_id}", None, "unknown", raw,
+            logger.exception("cannot translate update %s", update_id)
+            await self._record(f"{self._bot_id}:{update_id}", None, "unknown", raw,
                                "failed", f"{type(exc).__name__}: {exc}")
             return
         if event.callback_query_id:
@@ -433,7 +426,7 @@ class TelegramChannel:
     async def _answer_query(self, query_id: str) -> None:
         """Stops the button's spinner; a failure costs only that (the turn goes on)."""
         try:
-            await self.sender.api("answerCallbackQuery", callback_query_id=query_id)
+            await self.sender.answer_query(query_id)
         except Exception as exc:  # too old, answered, network, blocked: mapped by sender.call
             logger.debug("answerCallbackQuery %s: %s", query_id, exc)
 

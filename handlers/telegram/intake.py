@@ -22,22 +22,28 @@ import contextlib
 import hmac
 import json
 import logging
+import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
 from aiohttp import web
 from telegram import Bot, Update
 from telegram.error import Conflict, InvalidToken, RetryAfter, TelegramError, TimedOut
-from telegram.request import BaseRequest
+from telegram.warnings import PTBUserWarning
 
-from handlers.telegram.http11 import JsonRequestData
+from handlers.telegram.request import retry_after_seconds
 
 logger = logging.getLogger(__name__)
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
-Handle = Callable[[Update], Awaitable[None]]  # returns once kept; raises if it could not be
-Forget = Callable[[int], None]
-Keep = Callable[[int, dict, str], None]
+# (the update, or None if PTB cannot read it; the JSON Telegram sent): returns once the
+# update is kept, raises if it could not be.
+Handle = Callable[[Update | None, dict], Awaitable[None]]
+# getUpdates goes through Bot.do_api_request, PTB's public call for any method, so that only the
+# updates seen for the first time are parsed into Update objects (the unconfirmed ones come again
+# on every poll) and an update PTB cannot parse is still kept, raw. PTB suggests get_updates.
+warnings.filterwarnings("ignore", message=r"Please use 'Bot\.getUpdates'",
+                        category=PTBUserWarning)
 
 
 class UpdateLedger:
@@ -95,17 +101,12 @@ class Poller:
 
     def __init__(self, bot: Bot, handle: Handle, *, timeout: float = 10.0,
                  allowed_updates: Sequence[str] = (), limit: int = 100,
-                 forget: Forget | None = None, retry_delay: float = 1.0,
-                 max_retry_delay: float = 30.0, request: BaseRequest | None = None) -> None:
+                 retry_delay: float = 1.0, max_retry_delay: float = 30.0) -> None:
         self.bot = bot
-        # The bot's get_updates_request: getUpdates as plain JSON, so that the updates handed
-        # out again while unconfirmed are not parsed into PTB objects again and again.
-        self.request = request
         self.handle = handle
         self.timeout = timeout
         self.allowed_updates = list(allowed_updates)
         self.limit = limit
-        self.forget = forget or (lambda update_id: None)
         self.retry_delay, self.max_retry_delay = retry_delay, max_retry_delay
         self.ledger = UpdateLedger()
         self._progress = asyncio.Event()
@@ -145,7 +146,7 @@ class Poller:
             except TimedOut:
                 continue
             except RetryAfter as exc:
-                await asyncio.sleep(_seconds(exc))
+                await asyncio.sleep(retry_after_seconds(exc))
                 continue
             except (Conflict, InvalidToken, TelegramError) as exc:
                 failures += 1
@@ -157,36 +158,27 @@ class Poller:
                 continue
             failures = 0
             for data in updates:
-                update_id = data.update_id if isinstance(data, Update) else data["update_id"]
-                if self.ledger.admit(update_id):
-                    update = data if isinstance(data, Update) else Update.de_json(data, self.bot)
-                    task = asyncio.create_task(self._handle(update))
+                update_id = data.get("update_id") if isinstance(data, dict) else None
+                if isinstance(update_id, int) and self.ledger.admit(update_id):
+                    task = asyncio.create_task(self._handle(update_id, data))
                     self._handlers.add(task)
                     task.add_done_callback(self._handlers.discard)
-                elif not self.ledger.in_hand(update_id):
-                    self.forget(update_id)  # handled already: drop its raw copy
 
     async def _get_updates(self, wait: float) -> list:
-        """The updates from the offset on: dicts, or Updates without a request of our own."""
-        offset = self.ledger.offset or None
-        if self.request is None:
-            return list(await self.bot.get_updates(
-                offset=offset, limit=self.limit, timeout=timedelta(seconds=wait),
-                allowed_updates=self.allowed_updates))
-        params = {"limit": self.limit, "timeout": int(wait),
-                  "allowed_updates": self.allowed_updates}
-        if offset:
-            params["offset"] = offset
-        result = await self.request.post(
-            f"{self.bot.base_url}/getUpdates", JsonRequestData(params),
-            read_timeout=(self.request.read_timeout or 0) + wait)
+        """The updates from the offset on, as JSON (those still unconfirmed come again)."""
+        api_kwargs: dict = {"limit": self.limit, "timeout": int(wait),
+                            "allowed_updates": self.allowed_updates}
+        if self.ledger.offset:
+            api_kwargs["offset"] = self.ledger.offset
+        read_timeout = (self.bot.request.read_timeout or 0) + wait  # as get_updates does
+        result = await self.bot.do_api_request("getUpdates", api_kwargs=api_kwargs,
+                                               read_timeout=read_timeout)
         return result if isinstance(result, list) else []
 
-    async def _handle(self, update: Update) -> None:
-        update_id = update.update_id
+    async def _handle(self, update_id: int, data: dict) -> None:
         offset = self.ledger.offset
         try:
-            await self.handle(update)
+            await self.handle(read_update(data, self.bot), data)
         except Exception:
             # Not kept (the database refused even the record): hold the offset here and let
             # Telegram hand it out again after a pause.
@@ -200,7 +192,6 @@ class Poller:
             self._failures.pop(update_id, None)
             self.ledger.kept(update_id)
         finally:
-            self.forget(update_id)
             if self.ledger.offset != offset or not self.ledger.in_hand(update_id):
                 # Something to confirm or to fetch again: worth a getUpdates now (a re-poll
                 # for nothing would parse the unconfirmed updates all over again).
@@ -213,7 +204,7 @@ class WebhookServer:
 
     def __init__(self, bot: Bot, handle: Handle, *, url: str, listen: str, port: int,
                  path: str, secret: str, allowed_updates: Sequence[str] = (),
-                 max_connections: int = 40, keep: Keep | None = None) -> None:
+                 max_connections: int = 40) -> None:
         self.bot = bot
         self.handle = handle
         self.url = url
@@ -222,7 +213,6 @@ class WebhookServer:
         self.secret = secret
         self.allowed_updates = list(allowed_updates)
         self.max_connections = max_connections
-        self.keep = keep or (lambda update_id, data, text: None)
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -247,23 +237,29 @@ class WebhookServer:
             return web.Response(status=403, text="wrong secret token")
         body = await request.read()
         try:
-            text = body.decode("utf-8")
-            data = json.loads(text)
-            update = Update.de_json(data, self.bot)
-        except Exception:
+            data = json.loads(body.decode("utf-8"))
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
             logger.warning("telegram: webhook delivery is not an update (%d bytes)", len(body))
             return web.Response(status=400, text="not an update")
-        self.keep(update.update_id, data, text)
+        update_id = data["update_id"]
         try:
             # Shielded: if Telegram gives up on the connection, the update is still finished.
-            await asyncio.shield(self.handle(update))
+            await asyncio.shield(self.handle(read_update(data, self.bot), data))
         except Exception:
             logger.exception("telegram: update %s could not be kept; Telegram will deliver it "
-                             "again", update.update_id)
+                             "again", update_id)
             return web.Response(status=500, text="not kept")
         return web.Response(text="ok")
 
 
-def _seconds(exc: RetryAfter) -> float:
-    value = getattr(exc, "_retry_after", None)  # PTB 22 deprecates the int property
-    return value.total_seconds() if value is not None else 1.0
+
+
+def read_update(data: dict, bot: Bot) -> Update | None:
+    """PTB's Update, or None when PTB cannot read it (kept raw by the handler all the same)."""
+    try:
+        return Update.de_json(data, bot)
+    except Exception:
+        logger.exception("telegram: PTB cannot read update %s", data.get("update_id"))
+        return None

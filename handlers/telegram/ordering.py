@@ -1,4 +1,4 @@
-"""Update processor for PTB: different chats run concurrently, one chat's updates in order."""
+"""Per-chat ordering of Telegram updates: different chats run concurrently, one chat's in order."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any
 
 from telegram import Update
 from telegram.ext import BaseUpdateProcessor
+
+from bot.locks import KeyedLocks
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +23,8 @@ _OUTER_SLOTS = 1 << 20
 class PerChatUpdateProcessor(BaseUpdateProcessor):
     """Processes up to `max_concurrent` updates at once, those of one chat one at a time, in
     the order they arrived (`concurrent_updates=True` alone lets a fast reply overtake a slow
-    one in the same chat).
+    one in the same chat). The chat's lock is bot/locks.py's `KeyedLocks` (FIFO, evicted when
+    idle), the same mechanism as the service's per-respondent lock.
 
     A chat's waiting updates do not occupy processing slots, so one chat sending a burst cannot
     starve the others. Updates without a chat (inline queries, polls) are not serialized.
@@ -31,8 +34,7 @@ class PerChatUpdateProcessor(BaseUpdateProcessor):
         super().__init__(_OUTER_SLOTS)
         self.max_concurrent = max_concurrent
         self._slots = asyncio.Semaphore(max_concurrent)
-        self._locks: dict[int, asyncio.Lock] = {}
-        self._users: dict[int, int] = {}  # holders + waiters per chat, to forget idle chats
+        self._chats = KeyedLocks()
 
     @staticmethod
     def chat_key(update: object) -> int | None:
@@ -48,24 +50,13 @@ class PerChatUpdateProcessor(BaseUpdateProcessor):
             async with self._slots:
                 await coroutine
             return
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = asyncio.Lock()  # FIFO: arrival order is kept
-        self._users[key] = self._users.get(key, 0) + 1
-        try:
-            async with lock, self._slots:
-                await coroutine
-        finally:
-            left = self._users[key] - 1
-            if left:
-                self._users[key] = left
-            else:
-                del self._users[key], self._locks[key]
+        async with self._chats.hold(key), self._slots:
+            await coroutine
 
     @property
     def busy_chats(self) -> int:
         """Chats with an update being processed or waiting (for monitoring and tests)."""
-        return len(self._users)
+        return len(self._chats)
 
     async def initialize(self) -> None:
         pass

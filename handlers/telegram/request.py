@@ -1,12 +1,18 @@
-"""aiohttp transport for python-telegram-bot: a faster drop-in for the default HTTPXRequest."""
+"""aiohttp transport for python-telegram-bot, with an outbound proxy; Telegram's flood wait.
+
+PTB ships only `HTTPXRequest`; `BaseRequest` is its documented extension point. Measured in
+benchmarks/telegram_echo.py and docs/telegram.md: httpx costs several times the CPU per call.
+"""
 
 from __future__ import annotations
 
-import json
+import warnings
+from datetime import timedelta
 
 import aiohttp
-from telegram.error import NetworkError, TimedOut
+from telegram.error import NetworkError, RetryAfter, TimedOut
 from telegram.request import BaseRequest, RequestData
+from telegram.warnings import PTBDeprecationWarning
 
 # PTB passes this sentinel for "use the default set on the request object".
 _DefaultValue = type(BaseRequest.DEFAULT_NONE)
@@ -16,12 +22,25 @@ def _pick(value: object, default: float | None) -> float | None:
     return default if isinstance(value, _DefaultValue) else value  # type: ignore[return-value]
 
 
+def retry_after_seconds(exc: RetryAfter) -> float:
+    """Seconds a 429 asks to wait. PTB 22 returns an int with a deprecation warning, or a
+    timedelta once PTB_TIMEDELTA is set; either is read here through the public property."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PTBDeprecationWarning)
+        value = exc.retry_after
+    return max(0.0, value.total_seconds() if isinstance(value, timedelta) else float(value))
+
+
 class AiohttpRequest(BaseRequest):
     """`BaseRequest` over one `aiohttp.ClientSession` (created in `initialize()`).
 
     Mirrors `HTTPXRequest`: form-encoded parameters, multipart only when files are uploaded,
     and the same timeout defaults. Use one instance for `request` and another one for
     `get_updates_request`, as PTB requires.
+
+    Proxy: `proxy` (CAPBOT_TELEGRAM_PROXY) if given, else the standard environment variables
+    (HTTPS_PROXY/https_proxy for Telegram's https URL, HTTP_PROXY for http, NO_PROXY), which
+    aiohttp reads with `trust_env`.
     """
 
     __slots__ = (
@@ -29,6 +48,7 @@ class AiohttpRequest(BaseRequest):
         "_media_write_timeout",
         "_pool_size",
         "_pool_timeout",
+        "_proxy",
         "_read_timeout",
         "_session",
         "_write_timeout",
@@ -42,6 +62,7 @@ class AiohttpRequest(BaseRequest):
         connect_timeout: float | None = 5.0,
         pool_timeout: float | None = 1.0,
         media_write_timeout: float | None = 20.0,
+        proxy: str | None = None,
     ) -> None:
         self._pool_size = connection_pool_size
         self._read_timeout = read_timeout
@@ -49,6 +70,7 @@ class AiohttpRequest(BaseRequest):
         self._connect_timeout = connect_timeout
         self._pool_timeout = pool_timeout
         self._media_write_timeout = media_write_timeout
+        self._proxy = proxy or None
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -56,12 +78,16 @@ class AiohttpRequest(BaseRequest):
         # Bot.get_updates adds the long-poll `timeout` to this value.
         return self._read_timeout
 
+    @property
+    def proxy(self) -> str | None:
+        return self._proxy
+
     async def initialize(self) -> None:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=self._pool_size, limit_per_host=0)
             self._session = aiohttp.ClientSession(
-                connector=connector, headers={"User-Agent": self.USER_AGENT}
-            )
+                connector=connector, headers={"User-Agent": self.USER_AGENT},
+                proxy=self._proxy, trust_env=True)
 
     async def shutdown(self) -> None:
         if self._session is not None and not self._session.closed:
@@ -117,82 +143,3 @@ class AiohttpRequest(BaseRequest):
             raise TimedOut from exc
         except aiohttp.ClientError as exc:
             raise NetworkError(f"aiohttp.{type(exc).__name__}: {exc}") from exc
-
-
-class RawUpdatesRequest(BaseRequest):
-    """Wraps the `get_updates_request` to keep each update exactly as Telegram sent it, by
-    update_id: the parsed JSON and its text (`pop_raw`), so the bot can log the raw payload
-    without re-serializing PTB's objects. Bounded: entries nobody asked for are forgotten
-    oldest first."""
-
-    __slots__ = ("_inner", "_max_kept", "_raw")
-
-    def __init__(self, inner: BaseRequest, *, max_kept: int = 10_000) -> None:
-        self._inner = inner
-        self._raw: dict[int, tuple[dict, str]] = {}
-        self._max_kept = max_kept
-
-    @property
-    def read_timeout(self) -> float | None:
-        return self._inner.read_timeout
-
-    async def initialize(self) -> None:
-        await self._inner.initialize()
-
-    async def shutdown(self) -> None:
-        await self._inner.shutdown()
-
-    async def do_request(self, url: str, method: str, request_data: RequestData | None = None,
-                         read_timeout: object = BaseRequest.DEFAULT_NONE,
-                         write_timeout: object = BaseRequest.DEFAULT_NONE,
-                         connect_timeout: object = BaseRequest.DEFAULT_NONE,
-                         pool_timeout: object = BaseRequest.DEFAULT_NONE) -> tuple[int, bytes]:
-        status, body = await self._inner.do_request(
-            url, method, request_data, read_timeout,  # type: ignore[arg-type]
-            write_timeout, connect_timeout, pool_timeout)  # type: ignore[arg-type]
-        if status == 200 and url.endswith("/getUpdates"):
-            for update, text in split_updates(body):
-                self._raw[update["update_id"]] = (update, text)
-            while len(self._raw) > self._max_kept:
-                del self._raw[next(iter(self._raw))]
-        return status, body
-
-    def pop_raw(self, update_id: int) -> tuple[dict, str] | None:
-        return self._raw.pop(update_id, None)
-
-    def keep(self, update_id: int, update: dict, text: str) -> None:
-        """An update that came another way (a webhook delivery), for pop_raw."""
-        self._raw[update_id] = (update, text)
-        while len(self._raw) > self._max_kept:
-            del self._raw[next(iter(self._raw))]
-
-    def forget(self, update_id: int) -> None:
-        self._raw.pop(update_id, None)
-
-
-_DECODER = json.JSONDecoder()
-_SPACE = " \t\r\n,"
-
-
-def split_updates(body: bytes) -> list[tuple[dict, str]]:
-    """(update, its JSON text) for each update of a getUpdates answer, in one parsing pass;
-    [] when the answer is not the expected shape."""
-    text = body.decode("utf-8", "replace")
-    start = text.find('"result"')
-    start = text.find("[", start) if start >= 0 else -1
-    if start < 0:
-        return []
-    out = []
-    at = start + 1
-    try:
-        while True:
-            while at < len(text) and text[at] in _SPACE:
-                at += 1
-            if at >= len(text) or text[at] == "]":
-                return out
-            update, end = _DECODER.raw_decode(text, at)
-            if isinstance(update, dict) and isinstance(update.get("update_id"), int):
-                out.append((update, text[at:end]))
-            at = end
-    except ValueError:
-        return out

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from telegram import Bot, InputFile
+from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, InputFile, LinkPreviewOptions
 from telegram.error import (
     BadRequest,
     ChatMigrated,
@@ -31,7 +31,7 @@ from telegram.error import (
 )
 
 from bot.outbox import OutboxItem, PermanentSendError, TransientSendError
-from handlers.telegram.http11 import JsonRequestData
+from handlers.telegram.request import retry_after_seconds
 from handlers.telegram.translate import (
     UNKNOWN_SLOT,
     CallbackCodec,
@@ -45,19 +45,19 @@ from handlers.telegram.translate import (
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-_NO_PREVIEW = {"is_disabled": True}  # answers may contain links: no preview cards
+_NO_PREVIEW = LinkPreviewOptions(is_disabled=True)  # answers may contain links: no cards
 _HTML = "HTML"
-_SEND, _EDIT_TEXT, _EDIT_MARKUP = "sendMessage", "editMessageText", "editMessageReplyMarkup"
 _GONE = re.compile(r"(?i)chat not found|user is deactivated|bot was kicked|peer_id_invalid")
 _HARMLESS_EDIT = re.compile(r"(?i)not modified|message to edit not found|can't be edited|"
                             r"message_id_invalid|there is no text|message can't be")
 _TAGS = re.compile(r"<[^>]+>")
 
 
-def retry_after_seconds(exc: RetryAfter) -> float:
-    # PTB 22 deprecates the int property; the timedelta is what it keeps.
-    value = getattr(exc, "_retry_after", None)
-    return value.total_seconds() if value is not None else 1.0
+def keyboard_markup(part: Outgoing) -> InlineKeyboardMarkup | None:
+    if not part.keyboard:
+        return None
+    return InlineKeyboardMarkup([[InlineKeyboardButton(text, callback_data=data)
+                                  for text, data in row] for row in part.keyboard])
 
 
 @dataclass(slots=True)
@@ -127,7 +127,8 @@ class TelegramSender:
         # A toggle of a multi-choice question: show the check marks where they were pressed.
         if (pressed is not None and payload.get("multi") and rendered.slot == pressed.slot
                 and len(rendered.parts) == 1
-                and await self._edit(chat, pressed.message_id, last.html, last.reply_markup)):
+                and await self._edit(chat, pressed.message_id, last.html,
+                                     keyboard_markup(last))):
             current = self._current.get(chat)
             if current is not None and current.buttons and \
                     current.message_id != pressed.message_id:  # an older copy was pressed
@@ -193,48 +194,31 @@ class TelegramSender:
             self._parts_sent[item.id] = index + 1
         return message_id
 
-    async def api(self, method: str, **params: Any) -> Any:
-        """A Bot API call with plain JSON in and out, for the conversation's messages: PTB's
-        object model (building InlineKeyboardButtons, converting each parameter, parsing every
-        returned Message) was most of the bot's CPU per turn. Still goes through the bot's
-        transport, its rate limiter and PTB's mapping of Telegram's errors."""
-        data = {k: v for k, v in params.items() if v is not None}
-        return await self.call(self._post, method, data)
-
-    async def _post(self, method: str, data: dict[str, Any]) -> Any:
-        request = self.bot.request
-        url = f"{self.bot.base_url}/{method}"
-        limiter = getattr(self.bot, "rate_limiter", None)
-        if limiter is None:
-            return await request.post(url, JsonRequestData(data))
-        return await limiter.process_request(request.post, (url, JsonRequestData(data)), {},
-                                             method, data, None)
-
     async def _send_message(self, chat: int, part: Outgoing) -> int:
-        markup = part.reply_markup
+        bot = self.bot
+        markup = keyboard_markup(part)
         try:
-            message = await self.api(_SEND, chat_id=chat, text=part.html, parse_mode=_HTML,
-                                     reply_markup=markup, link_preview_options=_NO_PREVIEW)
+            message = await self.call(bot.send_message, chat, part.html, parse_mode=_HTML,
+                                      reply_markup=markup, link_preview_options=_NO_PREVIEW)
         except BadRequest as exc:
             text = str(exc).lower()
             if "parse entities" in text:  # a rendering bug must not silence the bot
                 logger.error("chat %s: HTML refused (%s); sending plain text", chat, exc)
                 plain = html.unescape(_TAGS.sub("", part.html))
-                message = await self.api(_SEND, chat_id=chat, text=plain, reply_markup=markup)
+                message = await self.call(bot.send_message, chat, plain, reply_markup=markup)
             elif markup is not None and ("button" in text or "markup" in text):
                 logger.error("chat %s: keyboard refused (%s); sending without it", chat, exc)
-                message = await self.api(_SEND, chat_id=chat, text=part.html,
-                                         parse_mode=_HTML)
+                message = await self.call(bot.send_message, chat, part.html, parse_mode=_HTML)
             else:
                 raise
-        return int(message["message_id"])
+        return message.message_id
 
     async def _edit(self, chat: int, message_id: int, text: str,
-                    markup: dict[str, Any] | None) -> bool:
+                    markup: InlineKeyboardMarkup | None) -> bool:
         try:
-            await self.api(_EDIT_TEXT, chat_id=chat, message_id=message_id, text=text,
-                           parse_mode=_HTML, reply_markup=markup,
-                           link_preview_options=_NO_PREVIEW)
+            await self.call(self.bot.edit_message_text, text, chat_id=chat,
+                            message_id=message_id, parse_mode=_HTML, reply_markup=markup,
+                            link_preview_options=_NO_PREVIEW)
         except BadRequest as exc:
             if not _HARMLESS_EDIT.search(str(exc)):
                 logger.warning("chat %s: cannot edit message %s: %s", chat, message_id, exc)
@@ -243,11 +227,16 @@ class TelegramSender:
 
     async def _strip(self, chat: int, message_id: int) -> None:
         try:
-            await self.api(_EDIT_MARKUP, chat_id=chat, message_id=message_id)
+            await self.call(self.bot.edit_message_reply_markup, chat_id=chat,
+                            message_id=message_id)
         except BadRequest as exc:
             if not _HARMLESS_EDIT.search(str(exc)):
                 logger.warning("chat %s: cannot remove buttons of %s: %s", chat, message_id,
                                exc)
+
+    async def answer_query(self, query_id: str) -> None:
+        """Stops a pressed button's spinner."""
+        await self.call(self.bot.answer_callback_query, query_id)
 
     async def send_document(self, chat: int, data: bytes, filename: str, caption: str,
                             *, attempts: int = 5) -> None:
