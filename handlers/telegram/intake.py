@@ -22,16 +22,14 @@ import contextlib
 import hmac
 import json
 import logging
-import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
 from aiohttp import web
 from telegram import Bot, Update
 from telegram.error import Conflict, InvalidToken, RetryAfter, TelegramError, TimedOut
-from telegram.warnings import PTBUserWarning
 
-from handlers.telegram.request import retry_after_seconds
+from handlers.telegram.request import call_json, retry_after_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +37,6 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 # (the update, or None if PTB cannot read it; the JSON Telegram sent): returns once the
 # update is kept, raises if it could not be.
 Handle = Callable[[Update | None, dict], Awaitable[None]]
-# getUpdates goes through Bot.do_api_request, PTB's public call for any method, so that only the
-# updates seen for the first time are parsed into Update objects (the unconfirmed ones come again
-# on every poll) and an update PTB cannot parse is still kept, raw. PTB suggests get_updates.
-warnings.filterwarnings("ignore", message=r"Please use 'Bot\.getUpdates'",
-                        category=PTBUserWarning)
 
 
 class UpdateLedger:
@@ -165,14 +158,15 @@ class Poller:
                     task.add_done_callback(self._handlers.discard)
 
     async def _get_updates(self, wait: float) -> list:
-        """The updates from the offset on, as JSON (those still unconfirmed come again)."""
+        """The updates from the offset on, as JSON (those still unconfirmed come again): only
+        the updates seen for the first time become PTB objects, and an update PTB cannot read
+        is still kept, raw."""
         api_kwargs: dict = {"limit": self.limit, "timeout": int(wait),
                             "allowed_updates": self.allowed_updates}
         if self.ledger.offset:
             api_kwargs["offset"] = self.ledger.offset
         read_timeout = (self.bot.request.read_timeout or 0) + wait  # as get_updates does
-        result = await self.bot.do_api_request("getUpdates", api_kwargs=api_kwargs,
-                                               read_timeout=read_timeout)
+        result = await call_json(self.bot, "getUpdates", api_kwargs, read_timeout=read_timeout)
         return result if isinstance(result, list) else []
 
     async def _handle(self, update_id: int, data: dict) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, InputFile, LinkPreviewOptions
+from telegram import Bot, InputFile
 from telegram.error import (
     BadRequest,
     ChatMigrated,
@@ -31,7 +31,7 @@ from telegram.error import (
 )
 
 from bot.outbox import OutboxItem, PermanentSendError, TransientSendError
-from handlers.telegram.request import retry_after_seconds
+from handlers.telegram.request import call_json, retry_after_seconds
 from handlers.telegram.translate import (
     UNKNOWN_SLOT,
     CallbackCodec,
@@ -45,19 +45,13 @@ from handlers.telegram.translate import (
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-_NO_PREVIEW = LinkPreviewOptions(is_disabled=True)  # answers may contain links: no cards
+_NO_PREVIEW = {"is_disabled": True}  # answers may contain links: no preview cards
 _HTML = "HTML"
+_SEND, _EDIT_TEXT, _EDIT_MARKUP = "sendMessage", "editMessageText", "editMessageReplyMarkup"
 _GONE = re.compile(r"(?i)chat not found|user is deactivated|bot was kicked|peer_id_invalid")
 _HARMLESS_EDIT = re.compile(r"(?i)not modified|message to edit not found|can't be edited|"
                             r"message_id_invalid|there is no text|message can't be")
 _TAGS = re.compile(r"<[^>]+>")
-
-
-def keyboard_markup(part: Outgoing) -> InlineKeyboardMarkup | None:
-    if not part.keyboard:
-        return None
-    return InlineKeyboardMarkup([[InlineKeyboardButton(text, callback_data=data)
-                                  for text, data in row] for row in part.keyboard])
 
 
 @dataclass(slots=True)
@@ -127,8 +121,7 @@ class TelegramSender:
         # A toggle of a multi-choice question: show the check marks where they were pressed.
         if (pressed is not None and payload.get("multi") and rendered.slot == pressed.slot
                 and len(rendered.parts) == 1
-                and await self._edit(chat, pressed.message_id, last.html,
-                                     keyboard_markup(last))):
+                and await self._edit(chat, pressed.message_id, last.html, last.reply_markup)):
             current = self._current.get(chat)
             if current is not None and current.buttons and \
                     current.message_id != pressed.message_id:  # an older copy was pressed
@@ -194,31 +187,35 @@ class TelegramSender:
             self._parts_sent[item.id] = index + 1
         return message_id
 
+    async def api(self, method: str, **params: Any) -> Any:
+        """The conversation's messages as plain JSON (request.call_json), errors mapped."""
+        return await self.call(call_json, self.bot, method, params)
+
     async def _send_message(self, chat: int, part: Outgoing) -> int:
-        bot = self.bot
-        markup = keyboard_markup(part)
+        markup = part.reply_markup
         try:
-            message = await self.call(bot.send_message, chat, part.html, parse_mode=_HTML,
-                                      reply_markup=markup, link_preview_options=_NO_PREVIEW)
+            message = await self.api(_SEND, chat_id=chat, text=part.html, parse_mode=_HTML,
+                                     reply_markup=markup, link_preview_options=_NO_PREVIEW)
         except BadRequest as exc:
             text = str(exc).lower()
             if "parse entities" in text:  # a rendering bug must not silence the bot
                 logger.error("chat %s: HTML refused (%s); sending plain text", chat, exc)
                 plain = html.unescape(_TAGS.sub("", part.html))
-                message = await self.call(bot.send_message, chat, plain, reply_markup=markup)
+                message = await self.api(_SEND, chat_id=chat, text=plain, reply_markup=markup)
             elif markup is not None and ("button" in text or "markup" in text):
                 logger.error("chat %s: keyboard refused (%s); sending without it", chat, exc)
-                message = await self.call(bot.send_message, chat, part.html, parse_mode=_HTML)
+                message = await self.api(_SEND, chat_id=chat, text=part.html,
+                                         parse_mode=_HTML)
             else:
                 raise
-        return message.message_id
+        return int(message["message_id"])
 
     async def _edit(self, chat: int, message_id: int, text: str,
-                    markup: InlineKeyboardMarkup | None) -> bool:
+                    markup: dict[str, Any] | None) -> bool:
         try:
-            await self.call(self.bot.edit_message_text, text, chat_id=chat,
-                            message_id=message_id, parse_mode=_HTML, reply_markup=markup,
-                            link_preview_options=_NO_PREVIEW)
+            await self.api(_EDIT_TEXT, chat_id=chat, message_id=message_id, text=text,
+                           parse_mode=_HTML, reply_markup=markup,
+                           link_preview_options=_NO_PREVIEW)
         except BadRequest as exc:
             if not _HARMLESS_EDIT.search(str(exc)):
                 logger.warning("chat %s: cannot edit message %s: %s", chat, message_id, exc)
@@ -227,8 +224,7 @@ class TelegramSender:
 
     async def _strip(self, chat: int, message_id: int) -> None:
         try:
-            await self.call(self.bot.edit_message_reply_markup, chat_id=chat,
-                            message_id=message_id)
+            await self.api(_EDIT_MARKUP, chat_id=chat, message_id=message_id)
         except BadRequest as exc:
             if not _HARMLESS_EDIT.search(str(exc)):
                 logger.warning("chat %s: cannot remove buttons of %s: %s", chat, message_id,
