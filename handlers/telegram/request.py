@@ -6,15 +6,18 @@ benchmarks/telegram_echo.py and docs/telegram.md: httpx costs several times the 
 
 from __future__ import annotations
 
+import json
 import warnings
 from datetime import timedelta
 from typing import Any
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
 from telegram import Bot
 from telegram.error import NetworkError, RetryAfter, TimedOut
 from telegram.request import BaseRequest, RequestData
 from telegram.warnings import PTBDeprecationWarning, PTBUserWarning
+from yarl import URL
 
 # PTB passes this sentinel for "use the default set on the request object".
 _DefaultValue = type(BaseRequest.DEFAULT_NONE)
@@ -58,11 +61,12 @@ class AiohttpRequest(BaseRequest):
 
     Proxy: `proxy` (CAPBOT_TELEGRAM_PROXY) if given, else the standard environment variables
     (HTTPS_PROXY/https_proxy for Telegram's https URL, HTTP_PROXY for http, NO_PROXY), which
-    aiohttp reads with `trust_env`.
+    aiohttp's own helper reads (once per origin).
     """
 
     __slots__ = (
         "_connect_timeout",
+        "_env_proxies",
         "_media_write_timeout",
         "_pool_size",
         "_pool_timeout",
@@ -89,6 +93,7 @@ class AiohttpRequest(BaseRequest):
         self._pool_timeout = pool_timeout
         self._media_write_timeout = media_write_timeout
         self._proxy = proxy or None
+        self._env_proxies: dict[str, tuple[str | None, aiohttp.BasicAuth | None]] = {}
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -105,7 +110,7 @@ class AiohttpRequest(BaseRequest):
             connector = aiohttp.TCPConnector(limit=self._pool_size, limit_per_host=0)
             self._session = aiohttp.ClientSession(
                 connector=connector, headers={"User-Agent": self.USER_AGENT},
-                proxy=self._proxy, trust_env=True)
+                proxy=self._proxy)
 
     async def shutdown(self) -> None:
         if self._session is not None and not self._session.closed:
@@ -150,14 +155,34 @@ class AiohttpRequest(BaseRequest):
                 form.add_field(name, content, filename=filename, content_type=mime)
             data = form
         elif request_data is not None:
-            data = request_data.url_encoded_parameters().encode()
-            headers = {"Content-Type": "application/x-www-form-urlencoded"}
+            # A JSON body (the Bot API takes one): one json.dumps instead of urlencoding each
+            # parameter, the largest cost in the transport when profiled.
+            data = json.dumps(request_data.parameters, ensure_ascii=False,
+                              separators=(",", ":")).encode()
+            headers = {"Content-Type": "application/json"}
         try:
+            proxy, proxy_auth = (self._proxy, None) if self._proxy else self._env_proxy(url)
             async with self._session.request(
-                method, url, data=data, headers=headers, timeout=timeout
+                method, url, data=data, headers=headers, timeout=timeout, proxy=proxy,
+                proxy_auth=proxy_auth,
             ) as response:
                 return response.status, await response.read()
         except TimeoutError as exc:  # aiohttp's timeout errors subclass TimeoutError
             raise TimedOut from exc
         except aiohttp.ClientError as exc:
             raise NetworkError(f"aiohttp.{type(exc).__name__}: {exc}") from exc
+
+    def _env_proxy(self, url: str) -> tuple[str | None, aiohttp.BasicAuth | None]:
+        """The environment's proxy for this URL's origin, looked up once per origin (aiohttp's
+        trust_env reads the whole environment on every request)."""
+        origin = URL(url).origin()
+        key = str(origin)
+        found = self._env_proxies.get(key)
+        if found is None:
+            try:
+                proxy, auth = get_env_proxy_for_url(origin)
+                found = (str(proxy), auth)
+            except LookupError:
+                found = (None, None)
+            self._env_proxies[key] = found
+        return found
