@@ -1,13 +1,15 @@
-"""Database tables: respondents, submissions, answers, inbound log, outbox, event log."""
+"""Database tables: respondents and their addresses, rounds and invitations, submissions,
+answers, inbound log, outbox, event log."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -27,7 +29,12 @@ class Base(DeclarativeBase):
 
 
 class Respondent(Base):
-    """A person on one channel; holds the conversation state as a JSON value."""
+    """A person; holds the conversation state as a JSON value.
+
+    `channel`/`channel_user_id` are the address the person first came from; every address
+    they answer from (the first included) is a row of `addresses`. An invited person also
+    has the contact details of their invitation.
+    """
 
     __tablename__ = "respondents"
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -38,10 +45,72 @@ class Respondent(Base):
     state: Mapped[dict] = mapped_column(JSON)
     submission_id: Mapped[int | None] = mapped_column(BigId)
     unreachable: Mapped[bool] = mapped_column(Boolean, default=False)
+    email: Mapped[str | None] = mapped_column(String(320))  # contact address, normalized
+    name: Mapped[str | None] = mapped_column(String(200))
+    organization: Mapped[str | None] = mapped_column(String(300))
+    country: Mapped[str | None] = mapped_column(String(8))  # ISO 3166-1 alpha-3 (or "eu")
+    org_type: Mapped[str | None] = mapped_column(String(64))
+    last_channel: Mapped[str | None] = mapped_column(String(16))  # where they answered last
+    opted_out_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     __table_args__ = (UniqueConstraint("channel", "channel_user_id",
                                        name="uq_respondents_channel_user"),)
+
+
+class Address(Base):
+    """One channel address of a respondent: a Telegram chat, an email address."""
+
+    __tablename__ = "addresses"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    respondent_id: Mapped[int] = mapped_column(ForeignKey("respondents.id"))
+    channel: Mapped[str] = mapped_column(String(16))
+    channel_user_id: Mapped[str] = mapped_column(String(320))
+    unreachable: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    __table_args__ = (
+        UniqueConstraint("channel", "channel_user_id", name="uq_addresses_channel_user"),
+        Index("ix_addresses_respondent", "respondent_id"),
+    )
+
+
+class Round(Base):
+    """A reporting round: one questionnaire, one deadline, the contacts invited to it."""
+
+    __tablename__ = "rounds"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    questionnaire_id: Mapped[str] = mapped_column(String(64))
+    deadline: Mapped[date | None] = mapped_column(Date)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    __table_args__ = (UniqueConstraint("questionnaire_id", "deadline",
+                                       name="uq_rounds_questionnaire_deadline"),)
+
+
+class Invitation(Base):
+    """One contact invited to one round; its token binds Telegram and email to the person."""
+
+    __tablename__ = "invitations"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"))
+    respondent_id: Mapped[int] = mapped_column(ForeignKey("respondents.id"))
+    email: Mapped[str] = mapped_column(String(320))  # normalized
+    language: Mapped[str] = mapped_column(String(8))
+    # pending (not sent yet) | sent | undeliverable
+    status: Mapped[str] = mapped_column(String(16))
+    outbox_id: Mapped[int | None] = mapped_column(BigId)  # the invitation's outbox row
+    message_id: Mapped[str | None] = mapped_column(String(255))  # its Message-ID header
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    times_sent: Mapped[int] = mapped_column(Integer, default=0)
+    undeliverable_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    undeliverable_reason: Mapped[str | None] = mapped_column(Text)
+    reminders_sent: Mapped[int] = mapped_column(Integer, default=0)
+    last_reminder_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    __table_args__ = (
+        UniqueConstraint("round_id", "email", name="uq_invitations_round_email"),
+        Index("ix_invitations_respondent", "respondent_id"),
+        Index("ix_invitations_message_id", "message_id"),
+    )
 
 
 class Submission(Base):
@@ -80,6 +149,7 @@ class Answer(Base):
     value_code: Mapped[str | None] = mapped_column(Text)  # flat form: codes ';'-joined
     answered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     channel_message_id: Mapped[str | None] = mapped_column(String(255))
+    channel: Mapped[str | None] = mapped_column(String(16))  # where the answer came from
     __table_args__ = (UniqueConstraint("submission_id", "question_id", "repeat_index",
                                        name="uq_answers_slot"),)
 
@@ -138,6 +208,9 @@ class Event(Base):
 
 
 respondents = Respondent.__table__
+addresses = Address.__table__
+rounds = Round.__table__
+invitations = Invitation.__table__
 submissions = Submission.__table__
 answers = Answer.__table__
 inbound_messages = InboundMessage.__table__

@@ -15,7 +15,15 @@ from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, updat
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from storage.models import answers, events, inbound_messages, outbox, respondents, submissions
+from storage.models import (
+    addresses,
+    answers,
+    events,
+    inbound_messages,
+    outbox,
+    respondents,
+    submissions,
+)
 
 
 def _insert_ignore(conn: Connection, table, conflict_cols: Sequence[str]):
@@ -50,9 +58,46 @@ def create_respondent(conn: Connection, *, channel: str, user_id: str,
                       now: datetime) -> int:
     stmt = insert(respondents).values(
         channel=channel, channel_user_id=user_id, display_name=display_name, state=state,
-        language=language, unreachable=False, created_at=now, updated_at=now,
+        language=language, unreachable=False, last_channel=channel, created_at=now,
+        updated_at=now,
     ).returning(respondents.c.id)
-    return (conn.execute(stmt)).scalar_one()
+    respondent_id = (conn.execute(stmt)).scalar_one()
+    add_address(conn, respondent_id=respondent_id, channel=channel, user_id=user_id, now=now)
+    return respondent_id
+
+
+def add_address(conn: Connection, *, respondent_id: int, channel: str, user_id: str,
+                now: datetime) -> None:
+    conn.execute(insert(addresses).values(respondent_id=respondent_id, channel=channel,
+                                          channel_user_id=user_id, unreachable=False,
+                                          created_at=now))
+
+
+def address_owner(conn: Connection, channel: str, user_id: str) -> int | None:
+    """The respondent an address belongs to, if any."""
+    stmt = select(addresses.c.respondent_id).where(and_(
+        addresses.c.channel == channel, addresses.c.channel_user_id == user_id))
+    return conn.execute(stmt).scalar()
+
+
+def respondent_address(conn: Connection, respondent_id: int, channel: str) -> str | None:
+    """The respondent's (first) address on a channel."""
+    stmt = (select(addresses.c.channel_user_id)
+            .where(and_(addresses.c.respondent_id == respondent_id,
+                        addresses.c.channel == channel))
+            .order_by(addresses.c.id).limit(1))
+    return conn.execute(stmt).scalar()
+
+
+def move_address(conn: Connection, *, channel: str, user_id: str, respondent_id: int,
+                 now: datetime) -> None:
+    """Bind an address to a respondent: moved when it had another owner, added otherwise."""
+    moved = conn.execute(update(addresses).where(and_(
+        addresses.c.channel == channel, addresses.c.channel_user_id == user_id)).values(
+        respondent_id=respondent_id, unreachable=False)).rowcount
+    if not moved:
+        add_address(conn, respondent_id=respondent_id, channel=channel, user_id=user_id,
+                    now=now)
 
 
 def create_submission(conn: Connection, *, respondent_id: int, conversation: Any,
@@ -75,10 +120,10 @@ def update_submission(conn: Connection, submission_id: int, **values: Any) -> No
 
 def upsert_answers(conn: Connection, submission_id: int,
                          rows: Iterable[tuple[str, int, Any]], *, now: datetime,
-                         message_id: str | None) -> None:
+                         message_id: str | None, channel: str | None = None) -> None:
     """(question id, repeat index, value) rows; the latest value of a slot wins."""
-    upsert_answer_rows(conn, [answer_row(submission_id, qid, rep, value, now, message_id)
-                                    for qid, rep, value in rows])
+    upsert_answer_rows(conn, [answer_row(submission_id, qid, rep, value, now, message_id,
+                                         channel) for qid, rep, value in rows])
 
 
 def delete_answers(conn: Connection, submission_id: int,
@@ -199,14 +244,19 @@ def insert_inbound_many(conn: Connection, rows: list[dict[str, Any]]) -> None:
 
 def load_respondents(conn: Connection, channel: str, user_ids: Sequence[str], *,
                            lock: bool) -> dict[str, Any]:
-    """channel user id -> row (id, state, submission_id) for the users of one batch."""
-    stmt = (select(respondents.c.id, respondents.c.channel_user_id, respondents.c.state,
+    """channel user id -> row (id, state, submission_id) for the users of one batch.
+
+    An address leads to its respondent, whichever channel that person started on."""
+    stmt = (select(respondents.c.id, addresses.c.channel_user_id, respondents.c.state,
                    respondents.c.submission_id)
-            .where(and_(respondents.c.channel == channel,
-                        respondents.c.channel_user_id.in_(list(user_ids))))
+            .select_from(addresses.join(respondents,
+                                        addresses.c.respondent_id == respondents.c.id))
+            .where(and_(addresses.c.channel == channel,
+                        addresses.c.channel_user_id.in_(list(user_ids))))
             .order_by(respondents.c.id))
     if lock and conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()  # several replicas: one turn per respondent at a time
+        # several replicas: one turn per respondent at a time
+        stmt = stmt.with_for_update(of=respondents)
     return {row.channel_user_id: row for row in conn.execute(stmt)}
 
 
@@ -215,7 +265,8 @@ def save_states(conn: Connection, rows: list[dict[str, Any]]) -> None:
     if rows:
         stmt = update(respondents).where(respondents.c.id == bindparam("rid")).values(
             state=bindparam("state"), language=bindparam("language"),
-            submission_id=bindparam("sid"), updated_at=bindparam("now"))
+            submission_id=bindparam("sid"), last_channel=bindparam("last"),
+            updated_at=bindparam("now"))
         conn.execute(stmt, rows)
 
 
@@ -236,15 +287,16 @@ def upsert_answer_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
         index_elements=["submission_id", "question_id", "repeat_index"],
         set_={"value": stmt.excluded.value, "value_code": stmt.excluded.value_code,
               "answered_at": stmt.excluded.answered_at,
-              "channel_message_id": stmt.excluded.channel_message_id})
+              "channel_message_id": stmt.excluded.channel_message_id,
+              "channel": stmt.excluded.channel})
     conn.execute(stmt, rows)
 
 
 def answer_row(submission_id: int, qid: str, repeat: int, value: Any, now: datetime,
-               message_id: str | None) -> dict[str, Any]:
+               message_id: str | None, channel: str | None = None) -> dict[str, Any]:
     return {"submission_id": submission_id, "question_id": qid, "repeat_index": repeat,
             "value": value, "value_code": flat_value(value), "answered_at": now,
-            "channel_message_id": message_id}
+            "channel_message_id": message_id, "channel": channel}
 
 
 def dumps(value: Any) -> str:
@@ -253,7 +305,11 @@ def dumps(value: Any) -> str:
 
 def set_unreachable(conn: Connection, *, channel: str, user_id: str, unreachable: bool,
                     now: datetime) -> int:
-    """Mark a respondent (un)reachable on its channel (bot blocked, address bouncing)."""
+    """Mark an address (un)reachable (bot blocked, address bouncing)."""
+    conn.execute(update(addresses)
+                 .where(and_(addresses.c.channel == channel,
+                             addresses.c.channel_user_id == user_id))
+                 .values(unreachable=unreachable))
     stmt = (update(respondents)
             .where(and_(respondents.c.channel == channel,
                         respondents.c.channel_user_id == user_id,

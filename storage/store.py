@@ -187,9 +187,36 @@ class TurnStore:
                         received_at: datetime) -> None:
         await self.db.transaction(_insert_inbound, message, status, reason, received_at)
 
+    async def bind_address(self, channel: str, user_id: str, respondent_id: int) -> Binding:
+        """Make an address lead to a respondent (a Telegram chat opening an invitation's
+        deep link, an email address confirmed from chat), unless that respondent already
+        has another address on the channel."""
+        return await self.db.transaction(_bind_address, channel, user_id, respondent_id,
+                                         self.clock())
+
     async def add_outbox(self, items: list[dict[str, Any]]) -> list[OutboxRow]:
         """Messages that are not replies to a turn (notices, invitations), committed."""
         return await self.db.transaction(_add_outbox, items, self.clock())
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    bound: bool
+    previous_owner: int | None = None  # the respondent the address led to before, if another
+    other_address: str | None = None  # why not: the respondent's address on that channel
+
+
+def _bind_address(conn: Connection, channel: str, user_id: str, respondent_id: int,
+                  now: datetime) -> Binding:
+    owner = repo.address_owner(conn, channel, user_id)
+    if owner == respondent_id:
+        return Binding(True)
+    other = repo.respondent_address(conn, respondent_id, channel)
+    if other is not None:
+        return Binding(False, owner, other)
+    repo.move_address(conn, channel=channel, user_id=user_id, respondent_id=respondent_id,
+                      now=now)
+    return Binding(True, owner)
 
 
 def _exception() -> BaseException:
@@ -234,10 +261,18 @@ def _write_batch(conn: Connection, batch: list[_Job], check_duplicates: bool,
     live = _drop_duplicates(conn, batch, records) if check_duplicates else batch
     works = _load(conn, live)
     inbound_rows, state_rows, answer_rows, touched, event_rows = [], [], [], [], []
+    latest: dict[int, _Work] = {}  # one person on two channels in one batch: in turn order
     for work in works:
+        earlier = latest.get(work.respondent_id) if work.respondent_id is not None else None
+        if earlier is not None and earlier.decision is not None \
+                and earlier.decision.state is not None:
+            work.stored_state, work.submission_id = earlier.decision.state, earlier.submission_id
         work.decision = decision = work.job.decide(work.stored_state)
-        if work.respondent_id is None and decision.state is not None:
+        if decision.state is not None and (work.respondent_id is None
+                                           or work.submission_id is None):
             _create(conn, work, now)
+        if work.respondent_id is not None:
+            latest[work.respondent_id] = work
         m = work.job.message
         inbound_rows.append({
             "channel": m.channel, "channel_message_id": m.message_id,
@@ -250,7 +285,7 @@ def _write_batch(conn: Connection, batch: list[_Job], check_duplicates: bool,
         _apply(conn, work, answer_rows, touched, event_rows, now)
         state_rows.append({"rid": work.respondent_id, "state": decision.state,
                            "language": decision.state.get("lang"),
-                           "sid": work.submission_id, "now": now})
+                           "sid": work.submission_id, "last": m.channel, "now": now})
     repo.insert_inbound_many(conn, inbound_rows)
     repo.upsert_answer_rows(conn, answer_rows)
     repo.touch_submissions(conn, touched)
@@ -298,18 +333,20 @@ def _load(conn: Connection, jobs: list[_Job]) -> list[_Work]:
 
 
 def _create(conn: Connection, work: _Work, now: datetime) -> None:
-    """A respondent seen for the first time, with the conversation its decision starts."""
+    """A respondent seen for the first time (or invited, not started yet), with the
+    conversation its decision starts."""
     decision, m = work.decision, work.job.message
     assert decision is not None and decision.start is not None
-    work.respondent_id = repo.create_respondent(
-        conn, channel=m.channel, user_id=m.user_id, display_name=m.display_name,
-        state=decision.state, language=decision.start.language, now=now)
+    if work.respondent_id is None:
+        work.respondent_id = repo.create_respondent(
+            conn, channel=m.channel, user_id=m.user_id, display_name=m.display_name,
+            state=decision.state, language=decision.start.language, now=now)
     work.submission_id = repo.create_submission(
         conn, respondent_id=work.respondent_id, conversation=decision.start,
         channel=m.channel, now=now)
     if decision.prefill:
         repo.upsert_answers(conn, work.submission_id, decision.prefill, now=now,
-                            message_id=m.message_id)
+                            message_id=m.message_id, channel=m.channel)
 
 
 def _apply(conn: Connection, work: _Work, answer_rows: list, touched: list, event_rows: list,
@@ -318,7 +355,7 @@ def _apply(conn: Connection, work: _Work, answer_rows: list, touched: list, even
     assert decision is not None and work.respondent_id is not None
     sid, rid = work.submission_id, work.respondent_id
     assert sid is not None
-    message_id = work.job.message.message_id
+    message_id, channel = work.job.message.message_id, work.job.message.channel
     upserts: dict[tuple[str, int], Any] = {}
     removed: set[tuple[str, int]] = set()
     status: dict[str, Any] = {}
@@ -344,7 +381,7 @@ def _apply(conn: Connection, work: _Work, answer_rows: list, touched: list, even
         elif kind == "language":
             status.update(language=change["language"])
         elif kind == "amend":
-            _flush(conn, sid, upserts, removed, answer_rows, now, message_id)
+            _flush(conn, sid, upserts, removed, answer_rows, now, message_id, channel)
             if status:  # what happened to the old version before the amendment
                 repo.update_submission(conn, sid, updated_at=now, **status)
                 status = {}
@@ -356,7 +393,7 @@ def _apply(conn: Connection, work: _Work, answer_rows: list, touched: list, even
     for entry in decision.log:
         event_rows.append({"respondent_id": rid, "submission_id": sid, "type": entry["type"],
                            "data": entry, "created_at": now})
-    _flush(conn, sid, upserts, removed, answer_rows, now, message_id)
+    _flush(conn, sid, upserts, removed, answer_rows, now, message_id, channel)
     if status:
         repo.update_submission(conn, sid, updated_at=now, **status)
     elif answers_changed:
@@ -365,10 +402,10 @@ def _apply(conn: Connection, work: _Work, answer_rows: list, touched: list, even
 
 
 def _flush(conn: Connection, sid: int, upserts: dict, removed: set, answer_rows: list,
-           now: datetime, message_id: str) -> None:
+           now: datetime, message_id: str, channel: str) -> None:
     if removed:
         repo.delete_answers(conn, sid, removed)
-    answer_rows.extend(repo.answer_row(sid, q, r, v, now, message_id)
+    answer_rows.extend(repo.answer_row(sid, q, r, v, now, message_id, channel)
                        for (q, r), v in upserts.items())
     upserts.clear()
     removed.clear()

@@ -183,3 +183,43 @@ async def test_outbox_claims_leases_and_marks(store) -> None:
     assert await store.db.transaction(claim("one")) == (False, None)
     [stored] = await _rows(store, outbox)
     assert (stored.status, stored.attempts, stored.lease_until) == ("sent", 2, None)
+
+
+async def test_an_address_bound_to_a_respondent_continues_its_draft(store) -> None:
+    first = await store.turn(_message("a@example.org", 0, "email"),
+                             _answer({}, "R1_name", "Amina Diallo"))
+    binding = await store.bind_address("telegram", "777", first.respondent_id)
+    assert binding.bound and binding.previous_owner is None
+    second = await store.turn(_message("777", 1), _answer({}, "R2_role", "focal point", 1))
+    assert (second.respondent_id, second.submission_id) == (first.respondent_id,
+                                                            first.submission_id)
+    rows = await _rows(store, answers)
+    assert [(a.question_id, a.channel) for a in rows] == [("R1_name", "email"),
+                                                         ("R2_role", "telegram")]
+    [resp] = await _rows(store, respondents)
+    assert resp.state["answers"] == {"R1_name": "Amina Diallo", "R2_role": "focal point"}
+    assert resp.last_channel == "telegram"
+    # the replies go back where each message came from
+    assert [r.address for r in await _rows(store, outbox)] == ["a@example.org", "777"]
+
+
+async def test_a_respondent_keeps_its_one_address_per_channel(store) -> None:
+    owner = await store.turn(_message("a@example.org", 0, "email"),
+                             _answer({}, "R1_name", "Amina"))
+    assert (await store.bind_address("telegram", "777", owner.respondent_id)).bound
+    refused = await store.bind_address("telegram", "888", owner.respondent_id)
+    assert (refused.bound, refused.other_address) == (False, "777")
+    again = await store.bind_address("telegram", "777", owner.respondent_id)
+    assert again.bound
+
+
+async def test_one_person_on_two_channels_in_one_batch_loses_no_answer(store) -> None:
+    first = await store.turn(_message("a@example.org", 0, "email"),
+                             _answer({}, "R1_name", "Amina"))
+    await store.bind_address("telegram", "777", first.respondent_id)
+    await asyncio.gather(
+        store.turn(_message("a@example.org", 1, "email"), _answer({}, "R2_role", "x", 1)),
+        store.turn(_message("777", 2), _answer({}, "R3_org", "y", 2)))
+    [resp] = await _rows(store, respondents)
+    assert set(resp.state["answers"]) == {"R1_name", "R2_role", "R3_org"}
+    assert len(await _rows(store, answers)) == 3
