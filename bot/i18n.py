@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 LANGUAGES = ("ar", "en", "es", "fr", "ru", "zh")
 SOURCE_LANGUAGE = "en"
 RTL_LANGUAGES = frozenset({"ar"})
+# Catalogs that belong to no questionnaire: the conversation's own words, the invitation
+# emails of a reporting round, its reminders.
+UI_DOMAINS = ("ui", "invite", "remind")
 # First-strong isolate: embedded codes, numbers and Latin names keep their own direction
 # inside Arabic sentences instead of reordering the text around them.
 FSI, PDI = "\u2068", "\u2069"
@@ -83,7 +86,7 @@ class Translations:
         self._plural = {lang: Locale.parse(lang).plural_form for lang in self.languages}
         official = self._load_glossary()
         questionnaires = list(questionnaires)
-        domains = ["ui"] + [q.id for q in questionnaires]
+        domains = [*UI_DOMAINS, *(q.id for q in questionnaires)]
         for lang in self.languages:
             for domain in domains:
                 path = locales_dir / lang / f"{domain}.yaml"
