@@ -220,6 +220,10 @@ class AnswerParser:
 
     # -- choices ------------------------------------------------------------------------------
 
+    def parse_address(self, text: str) -> str:
+        """An e-mail address typed in chat (outside a question), normalized."""
+        return self._parse_email(text=clean_text(text))
+
     def _parse_yes_no(self, text: str, lang: str, options: tuple[Option, ...],
                       **kw: Any) -> str:
         word = fold(text).strip(".!¡¿?。！")
@@ -484,3 +488,9 @@ def parse_date(text: str, lang: str) -> str | None:
 _YES_WORDS = frozenset(fold(w) for w in (
     "yes", "y", "yeah", "oui", "si", "sí", "da", "да", "是", "是的", "对", "نعم", "ok"))
 _NO_WORDS = frozenset(fold(w) for w in ("no", "n", "non", "нет", "否", "不", "不是", "لا"))
+
+
+def yes_no_word(text: str) -> str | None:
+    """"YES" / "NO" for a typed yes or no in any of the six languages, else None."""
+    word = fold(clean_text(text)).strip(".!¡¿?。！")
+    return "YES" if word in _YES_WORDS else "NO" if word in _NO_WORDS else None

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from bot.answers import AnswerError, AnswerParser, clean_text, normalize_digits
+from bot.aside_turn import ASIDES, AsideTurns
 from bot.countries import country_table
 from bot.display import Display, language_aliases
 from bot.events import (
@@ -38,7 +39,8 @@ from bot.questionnaire import Numbering, Option, Question, Questionnaire
 from bot.rules import Rules, Slot, slot_key, split_slot, value_getter
 
 STATE_VERSION = 1
-COMMANDS = frozenset({"start", "back", "skip", "review", "language", "help", "cancel", "amend"})
+COMMANDS = frozenset({"start", "back", "skip", "review", "language", "help", "cancel", "amend",
+                      *ASIDES})
 _EDIT_RE = re.compile(r"^(\D+?)\s*(\d+)$")
 _COMMAND_RE = re.compile(r"^/([A-Za-z_]+)(?:@\w+)?(?:\s+(.*))?$", re.DOTALL)
 
@@ -58,6 +60,8 @@ class Turn:
 def awaiting(state: dict[str, Any]) -> str:
     """What the conversation waits for: a question id, or language / review / done / cancelled."""
     phase = state["phase"]
+    if state.get("aside"):  # /email or /stop waiting for its answer
+        return state["aside"]["kind"]
     if phase == "asking" and state.get("slot"):
         return split_slot(state["slot"])[0]
     return {"new": "start", "asking": "review"}.get(phase, phase)
@@ -65,10 +69,12 @@ def awaiting(state: dict[str, Any]) -> str:
 
 def awaiting_key(state: dict[str, Any]) -> str:
     """Like awaiting() but with the repeat index, used to spot presses on old buttons."""
+    if state.get("aside"):
+        return state["aside"]["kind"]
     return state["slot"] if state["phase"] == "asking" and state.get("slot") else state["phase"]
 
 
-class Engine(FormTurns, LanguageTurns, Prompts):
+class Engine(FormTurns, LanguageTurns, AsideTurns, Prompts):
     """Holds the immutable questionnaire and catalogs; every call is a pure state transition."""
 
     def __init__(self, questionnaire: Questionnaire, translations: Translations) -> None:
@@ -134,12 +140,17 @@ class Engine(FormTurns, LanguageTurns, Prompts):
         cmd, arg = self._command(inbound)
         phase = st["phase"]
         if inbound.kind == "start" or cmd == "start" or phase == "new":
+            st.pop("aside", None)
             self._start(turn, inbound, detection, now)
         elif (inbound.kind == "choice" and inbound.for_slot
               and inbound.for_slot != awaiting_key(st)):
             turn.events.append(Stale(inbound.choice, inbound.for_slot))
             self._say(turn, "error_stale", kind="error")
             self._prompt_current(turn)
+        elif st.get("aside") and self._aside_input(turn, inbound, cmd):
+            pass
+        elif cmd in ASIDES and (cmd == "stop" or phase in ("asking", "review")):
+            self._aside_open(turn, inbound, cmd)
         elif cmd == "language":
             self._show_language_menu(turn, st["lang"] or "en", resume=phase)
         elif phase == "language":

@@ -136,5 +136,21 @@ class Delegated(Event):
     ref: str
 
 
-__all__ = ["Amended", "AnswerRecorded", "AnswerRemoved", "Cancelled", "Delegated", "Event",
-           "Invalid", "LanguageChanged", "Resumed", "Stale", "Started", "Submitted"]
+@_event
+class OptedOut(Event):
+    """The respondent asked for no more messages from us (reminders); /start undoes it."""
+
+    type: ClassVar[str] = "opted_out"
+
+
+@_event
+class EmailRequested(Event):
+    """The respondent asked, from chat, for the remaining questions by email at `address`."""
+
+    type: ClassVar[str] = "email_requested"
+    address: str
+
+
+__all__ = ["Amended", "AnswerRecorded", "AnswerRemoved", "Cancelled", "Delegated",
+           "EmailRequested", "Event", "Invalid", "LanguageChanged", "OptedOut", "Resumed",
+           "Stale", "Started", "Submitted"]

@@ -39,6 +39,8 @@ class Inbound:
     # engine.
     reply_path: Mapping[str, Any] | None = field(default=None, compare=False)
     detection: Detection | None = None  # the text's language, when the channel detected it
+    # The respondent's e-mail address as the service knows it (set for /email, to confirm).
+    known_email: str | None = None
 
     def __post_init__(self) -> None:
         # Lone surrogates (undecodable bytes read with surrogateescape) cannot be stored or

@@ -21,7 +21,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bot.engine import Engine, Turn, awaiting, split_slot
-from bot.language import Detection, LanguageDetector
+from bot.events import EmailRequested
+from bot.language import Detection, LanguageDetector, normalize_language_tag
+from bot.links import CrossChannel
 from bot.locks import KeyedLocks
 from bot.messages import Inbound, Reply
 from bot.outbox import OutboxItem
@@ -34,9 +36,10 @@ logger = logging.getLogger(__name__)
 _REF_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"  # no 0/O, 1/I/L: read aloud and typed safely
 # Events kept in the audit log; answers have their own table.
 _LOGGED_EVENTS = frozenset({"started", "language", "submitted", "amend", "cancelled", "resumed",
-                            "invalid", "stale", "delegate"})
+                            "invalid", "stale", "delegate", "opted_out", "email_requested"})
 _CHANGES = frozenset({"answer", "answer_removed", "submitted", "cancelled", "resumed",
-                      "language"})
+                      "language", "opted_out"})
+Preface = list[tuple[str, dict[str, Any]]]  # (ui catalog key, values): said before the turn
 OutboxListener = Callable[[list[OutboxItem]], None]
 
 
@@ -91,6 +94,7 @@ class _Ask:
     prefill: dict[str, Any] | None
     detection: Detection | None
     now: datetime
+    preface: Preface = field(default_factory=list)
     turn: Turn | None = None
     replies: list[Reply] = field(default_factory=list)
 
@@ -115,6 +119,7 @@ class ConversationService:
         self._listeners: list[OutboxListener] = []
         # (channel, user) -> may the next text decide the language? A cache: lost, it is read.
         self._detecting: OrderedDict[tuple[str, str], bool] = OrderedDict()
+        self.links = CrossChannel(self)  # deep links, /email, opt-out: one person, channels
 
     def on_outbox(self, listener: OutboxListener) -> None:
         """Called after each commit with the turn's new outbox rows (hands them to senders)."""
@@ -129,16 +134,19 @@ class ConversationService:
 
     async def handle(self, inbound: Inbound, *, language: str | None = None,
                      explicit_language: bool = False, prefill: dict[str, Any] | None = None,
-                     delivered: bool = False) -> TurnResult:
+                     delivered: bool = False, preface: Preface | None = None) -> TurnResult:
         """Process one inbound message exactly once; bad input never raises.
 
         `delivered`: the caller shows the replies itself (the console), so they are stored
-        as sent and not handed to the listeners.
+        as sent and not handed to the listeners. `preface`: notes said before the turn's
+        replies, in the conversation's language (a deep link's welcome).
         """
         key = (inbound.channel, inbound.user_id)
         async with self.locks.hold(key):
+            inbound = await self.links.with_known_email(inbound)
             detection = await self._detection(inbound, key)
-            ask = _Ask(inbound, language, explicit_language, prefill, detection, self.clock())
+            ask = _Ask(inbound, language, explicit_language, prefill, detection, self.clock(),
+                       preface or [])
             message = Message(inbound.channel, inbound.user_id, inbound.message_id,
                               inbound.kind, inbound.raw or inbound.text, inbound.display_name)
             try:
@@ -152,6 +160,9 @@ class ConversationService:
         if result.outbox and not delivered:
             for listener in self._listeners:
                 listener(result.outbox)
+        for event in result.events:
+            if isinstance(event, EmailRequested):
+                await self.links.send_form_by_email(inbound, result, event.address)
         return result
 
     # -- the engine, run by the store inside its transaction --------------------------------
@@ -160,11 +171,16 @@ class ConversationService:
         engine = self.engine_for(stored)
         start = None
         prefill: list[tuple[str, int, Any]] = []
-        if stored is None:
+        if not stored:  # a new respondent, or an invited one with no state yet ({})
             state = engine.new_state(ref=self.new_reference(), language=ask.language,
                                      explicit=ask.explicit, prefill=ask.prefill)
             start = _conversation(state)
             prefill = [(k, 0, v) for k, v in (ask.prefill or {}).items()]
+        elif stored.get("phase") == "new":  # prepared (an invitation), never started
+            state = stored
+            if not state.get("lang") and ask.language:
+                state = {**state, "lang": ask.language, "lang_explicit": ask.explicit}
+            start = _conversation(state)
         else:
             state = stored
         try:
@@ -177,8 +193,16 @@ class ConversationService:
             return Decision(None, replies=[reply_to_payload(r) for r in ask.replies],
                             error="".join(traceback.format_exception_only(type(exc), exc))
                             .strip())
+        if ask.preface:
+            lang = turn.state.get("lang") or normalize_language_tag(
+                ask.inbound.language_hint) or "en"
+            turn.replies[:0] = [Reply(engine.tr.t(lang, k, **v), "info", lang)
+                                for k, v in ask.preface]
         ask.turn, ask.replies = turn, turn.replies
-        changes, log = [], []
+        changes: list[dict[str, Any]] = []
+        log: list[dict[str, Any]] = []
+        if ask.inbound.kind == "start":  # opening the bot again undoes an opt-out
+            changes.append({"type": "opt_in"})
         for event in map(event_dict, turn.events):
             kind = event["type"]
             if kind in _CHANGES:
@@ -311,9 +335,14 @@ class ConversationService:
     async def send_later(self, items: list[dict[str, Any]]) -> list[OutboxItem]:
         """Commit messages to the outbox, then hand them to the channel senders."""
         created = await self.store.add_outbox(items)
-        for listener in self._listeners:
-            listener(created)
+        self.publish(created)
         return created
+
+    def publish(self, created: list[OutboxItem]) -> None:
+        """Hand committed outbox rows to the channel senders."""
+        if created:
+            for listener in self._listeners:
+                listener(created)
 
 
 def _conversation(state: dict[str, Any]) -> Conversation:

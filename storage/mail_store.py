@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from storage import repository as repo
-from storage.models import outbox, respondents, submissions
+from storage.models import addresses, outbox, respondents, submissions
 
 
 def reply_counts_since(conn: Connection, channel: str, since: datetime
@@ -28,19 +28,24 @@ def reply_counts_since(conn: Connection, channel: str, since: datetime
 
 
 def report_state(conn: Connection, channel: str, user_id: str) -> dict[str, Any] | None:
-    """The conversation state of that identity's report, or None when it has none."""
+    """The conversation state of the report of the person behind that address (whichever
+    channel they started on), or None when there is none."""
     stmt = (select(respondents.c.state)
-            .where(respondents.c.channel == channel, respondents.c.channel_user_id == user_id)
+            .select_from(addresses.join(respondents,
+                                        addresses.c.respondent_id == respondents.c.id))
+            .where(addresses.c.channel == channel, addresses.c.channel_user_id == user_id)
             .limit(1))
     return conn.execute(stmt).scalar()
 
 
 def owner_of(conn: Connection, channel: str, reference: str) -> str | None:
-    """The channel identity whose report has that reference number."""
-    stmt = (select(respondents.c.channel_user_id)
-            .select_from(submissions.join(respondents,
-                                          submissions.c.respondent_id == respondents.c.id))
-            .where(submissions.c.reference == reference, respondents.c.channel == channel)
+    """The person's address on the channel whose report has that reference number."""
+    stmt = (select(addresses.c.channel_user_id)
+            .select_from(submissions.join(addresses,
+                                          submissions.c.respondent_id
+                                          == addresses.c.respondent_id))
+            .where(submissions.c.reference == reference, addresses.c.channel == channel)
+            .order_by(addresses.c.id)
             .limit(1))
     return conn.execute(stmt).scalar()
 

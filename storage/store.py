@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from storage import links
 from storage import repository as repo
 from storage.db import Database
 
@@ -61,6 +62,7 @@ class Decision:
     `changes` are applied in order; each is a dict with a "type":
     - answer {question, repeat, value} / answer_removed {question, repeat}
     - submitted / cancelled / resumed / language {language}
+    - opted_out / opt_in: respondents.opted_out_at set / cleared (no more reminders; back)
     - amend {conversation: Conversation, answers: [(question, repeat, value)]}: a new version;
       the submitted row and its answers stay as they were.
     `state` None means the turn failed (the inbound is kept as "failed" with `error`).
@@ -380,6 +382,9 @@ def _apply(conn: Connection, work: _Work, answer_rows: list, touched: list, even
             status.update(status="draft")
         elif kind == "language":
             status.update(language=change["language"])
+        elif kind in ("opted_out", "opt_in"):
+            links.set_opted_out(conn, respondent_id=rid, now=now, opted_out=kind == "opted_out",
+                                event=None if kind == "opted_out" else {"type": "opted_in"})
         elif kind == "amend":
             _flush(conn, sid, upserts, removed, answer_rows, now, message_id, channel)
             if status:  # what happened to the old version before the amendment

@@ -28,6 +28,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from bot.invite_tokens import find_invite_token, verify_invite_token
 from bot.language import normalize_language_tag
 from bot.mailstore import MailStore
 from bot.messages import Inbound
@@ -42,6 +43,7 @@ from .parsing import ParsedMail, normalize_address, parse_message
 from .render import Doc, build_message, format_address, render_html, render_text
 from .smtp import SmtpConfig, SmtpSender
 from .tokens import TokenClaims, make_token, verify_token
+from .unsubscribe import unsubscribe_request, unsubscribe_words
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -118,6 +120,9 @@ class EmailChannel:
         self.max_bytes = s.email_max_bytes
         self.renderers = {qid: FormRenderer(engine) for qid, engine in app.engines.items()}
         self.readers = {qid: FormReader(r) for qid, r in self.renderers.items()}
+        tr = app.translations
+        self.unsubscribe_words = unsubscribe_words(
+            {lang: tr.raw(lang, "mail_word_unsubscribe") for lang in tr.languages})
         self.budget = ReplyBudget(s.email_daily_reply_cap)
         self.unverified_budget = ReplyBudget(s.email_unverified_reply_cap)
         self.trusted_authserv = (s.email_trust_auth_results or "").strip() or None
@@ -232,9 +237,18 @@ class EmailChannel:
                                notice=("mail_too_large", {"size": _size(fetched.size),
                                                           "limit": _size(self.max_bytes)}))
             return True
+        unsubscribe = unsubscribe_request(mail.subject, mail.reply_text,
+                                          self.unsubscribe_words)
+        if unsubscribe is not None:
+            await self._unsubscribe(fetched, mail, unsubscribe.language, unsubscribe.token)
+            return True
         owner, delegate = sender, None
         claims: TokenClaims | None = None
-        if mail.token:
+        invited = await self._invitation(mail)  # replying to an invitation: its person
+        if invited is not None and invited[1]:
+            owner = invited[1]
+            delegate = sender if sender != owner else None
+        elif mail.token:
             claims = verify_token(self.secret, mail.token, int(time.time()))
             if claims is not None and not claims.matches_address(sender):
                 owner = await self.store.owner_of(claims.ref)
@@ -246,7 +260,7 @@ class EmailChannel:
                 return True
         state = await self.store.report_state(owner)
         draft = state if _begun(state) else None
-        if delegate is None:
+        if delegate is None and invited is None:  # an invitation token is proof too
             why = self._unproven(mail, claims, draft)
             if draft is not None and why is not None:
                 # Not shown to be the owner's: nothing changes. The owner gets a notice with
@@ -286,6 +300,50 @@ class EmailChannel:
             return False
         self.budget.spend(item.payload.get("to") or item.address for item in result.outbox)
         return True
+
+    async def _invitation(self, mail: ParsedMail, token: str | None = None
+                          ) -> tuple[int, str] | None:
+        """(respondent, their address) of the invitation whose token this mail carries
+        (plus-address, subject tag, or `token`), when genuine."""
+        candidates = [token] if token else [
+            found for text in (*mail.delivered_to, *mail.to_addresses, *mail.cc_addresses,
+                               mail.subject) if (found := find_invite_token(text))]
+        for candidate in candidates:
+            invitation = verify_invite_token(self.secret, candidate)
+            if invitation is not None:
+                return await self.service.links.respondent_of_invitation(invitation)
+        return None
+
+    async def _unsubscribe(self, fetched: Fetched, mail: ParsedMail, lang: str,
+                           token: str | None) -> None:
+        """Opt the person out (the invitation's, by its token; else the sender's address),
+        keep the mail, confirm once (on the unverified budget: From may be forged, and
+        the confirmation tells the real owner)."""
+        sender = mail.from_address
+        invited = await self._invitation(mail, token)
+        if invited is None and mail.token:
+            claims = verify_token(self.secret, mail.token, int(time.time()))
+            owner = await self.store.owner_of(claims.ref) if claims is not None else None
+            invited = (0, owner) if owner else None
+        notices: list[dict[str, Any]] = []
+        if mail.can_reply and sender and self.unverified_budget.allows(sender):
+            doc = self._renderer(None).notice_doc(lang, "mail_unsubscribed")
+            thread = {"message_id": mail.message_id, "subject": mail.subject,
+                      "references": list(mail.references[-10:]),
+                      "synthesized": mail.message_id_synthesized}
+            notices.append({"channel": CHANNEL, "address": sender, "payload": {
+                "text": render_text(doc), "kind": "info", "language": lang, "ref": None,
+                "to": None, **self._envelope(doc, thread, reply=True, index=0),
+                "cap": UNVERIFIED}})
+        rid = invited[0] if invited and invited[0] else None
+        user = invited[1] if invited else sender
+        done = await self.service.links.opt_out(
+            channel=CHANNEL, user_id=user or None, respondent_id=rid,
+            message_id=mail.message_id, payload=encode_raw(fetched.raw), notices=notices)
+        logger.info("email %s from %s: unsubscribe (%s)", mail.message_id, sender,
+                    {True: "opted out", False: "nobody behind it", None: "seen before"}[done])
+        if done is not None:
+            self.unverified_budget.spend(item["address"] for item in notices)
 
     def _is_own(self, address: str) -> bool:
         if address == self.from_address:

@@ -59,7 +59,8 @@ class FormRenderer:
             doc = self.receipt_doc(st)
         elif show == "form":
             doc = self.form_doc(st, notes=notes, offer_languages=view.get("offer_languages", True),
-                                offers_first=view.get("offers_first", False))
+                                offers_first=view.get("offers_first", False),
+                                remaining=view.get("remaining", False))
         else:
             doc = self._digest(st, notes, recorded, rejected,
                                [self._slot(k) for k in outcome.get("missing", ())],
@@ -112,6 +113,7 @@ class FormRenderer:
                         "strong")
         key, style = {"delegate_owner_only": ("mail_delegate_owner_only", "note"),
                       "welcome_back": ("welcome_back", ""),
+                      "continued": ("mail_continued", "strong"),
                       "amend_started": ("amend_started", ""),
                       "not_sent_errors": ("mail_not_sent_errors", "strong"),
                       "not_sent_missing": ("mail_not_sent_missing", "strong"),
@@ -121,8 +123,10 @@ class FormRenderer:
         return Para(self._t(st, key, **values), style)
 
     def form_doc(self, st: dict[str, Any], *, notes: list[Block] | None = None,
-                 offer_languages: bool = True, offers_first: bool = False) -> Doc:
-        """The whole form in the respondent's language, with the answers given so far."""
+                 offer_languages: bool = True, offers_first: bool = False,
+                 remaining: bool = False) -> Doc:
+        """The whole form in the respondent's language, with the answers given so far;
+        `remaining`: only the questions not answered yet (a draft going on by mail)."""
         lang, answers = st["lang"], st["answers"]
         doc = Doc("form", lang, self._subject(st))
         blocks = doc.blocks
@@ -141,13 +145,13 @@ class FormRenderer:
                 if fq.section is current_section:
                     continue
                 current_section = fq.section
-                blocks += self._repeat_blocks(st, fq.section, memo)
+                blocks += self._repeat_blocks(st, fq.section, memo, remaining)
                 continue
             if fq.section is not current_section:
                 current_section = fq.section
                 blocks.append(Heading(self.tr.section_title(lang, self.qn, fq.section.id)))
             applies = self.rules.applies(fq.question.id, None, answers, memo)
-            if applies is not False:
+            if applies is not False and not (remaining and fq.question.id in answers):
                 blocks.append(self._field(st, Slot(fq.question.id, fq.question, None), applies,
                                           memo))
         if offer_languages and not offers_first:
@@ -156,7 +160,7 @@ class FormRenderer:
         return doc
 
     def _repeat_blocks(self, st: dict[str, Any], section: Section,
-                       memo: dict[str, Tri]) -> list[Block]:
+                       memo: dict[str, Tri], remaining: bool = False) -> list[Block]:
         lang, answers = st["lang"], st["answers"]
         items = [fq for fq in self.numbering.items if fq.section is section]
         first = items[0]
@@ -174,9 +178,9 @@ class FormRenderer:
                                         example=f"{rep + 1}.{first.number}."), "note"))
             for fq in items:
                 applies = self.rules.applies(fq.question.id, rep, answers, memo)
-                if applies is not False:
-                    slot = Slot(slot_key(fq.question.id, rep), fq.question, rep)
-                    out.append(self._field(st, slot, applies, memo))
+                key = slot_key(fq.question.id, rep)
+                if applies is not False and not (remaining and key in answers):
+                    out.append(self._field(st, Slot(key, fq.question, rep), applies, memo))
             more = section.more_question
             if rep + 1 >= section.repeat_max or answers.get(slot_key(more, rep)) != "YES":
                 break

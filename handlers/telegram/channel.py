@@ -51,7 +51,8 @@ logger = logging.getLogger(__name__)
 
 ALLOWED_UPDATES = ("message", "edited_message", "callback_query", "my_chat_member",
                    "channel_post")
-USER_COMMANDS = ("start", "back", "skip", "review", "language", "help", "cancel")
+USER_COMMANDS = ("start", "back", "skip", "review", "language", "help", "cancel", "email",
+                 "stop")
 ADMIN_COMMANDS = ("export", "stats")
 GROUP_NOTE_INTERVAL = 600.0  # seconds: explain at most this often per group
 
@@ -310,8 +311,13 @@ class TelegramChannel:
             await self._record_event(event, "ignored")
 
     async def _turn(self, event: TelegramEvent) -> None:
-        assert event.inbound is not None
-        result = await self.app.service.handle(event.inbound)
+        inbound = event.inbound
+        assert inbound is not None
+        if inbound.kind == "start" and inbound.payload:  # t.me/<bot>?start=<invitation token>
+            secret = (self.settings.secret_key or "").encode() or None
+            result = await self.app.service.links.start_with_token(inbound, secret)
+        else:
+            result = await self.app.service.handle(inbound)
         if not result.kept:
             # Stored nowhere, not even in the spool: left unconfirmed, so Telegram still holds
             # it and hands it out again (polling retries it; a webhook answers 500). No note

@@ -383,7 +383,8 @@ async def test_full_questionnaire_with_buttons_and_text(make_app, sqlite_url, ap
         for code in LANGUAGES:
             listed = api.my_commands(code)
             assert [c["command"] for c in listed] == ["start", "back", "skip", "review",
-                                                      "language", "help", "cancel"]
+                                                      "language", "help", "cancel", "email",
+                                                      "stop"]
             assert listed[0]["description"] == tr.t(code, "telegram.commands.start")
         admin_scope = {"type": "chat", "chat_id": ADMIN}
         assert [c["command"] for c in api.my_commands("fr", admin_scope)][-2:] == \
