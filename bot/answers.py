@@ -57,6 +57,12 @@ def normalize_digits(text: str) -> str:
     return "".join(out)
 
 
+def as_index(text: str) -> int | None:
+    """A typed list number ("3"), or None: str.isdigit() is true of "²", which int() refuses,
+    and int() refuses thousands of digits too."""
+    return int(text) if text.isdecimal() and len(text) <= 6 else None
+
+
 def clean_text(text: str, *, multiline: bool = False) -> str:
     """Drop control, bidi and zero-width characters; NFC; keep newlines only for long text."""
     if text.isascii() and text.isprintable():
@@ -146,7 +152,7 @@ class AnswerParser:
         raw = re.sub(r"[\s'’]", "", numbers[0]).rstrip(",.")
         if re.fullmatch(r"-?\d{1,3}([,.]\d{3})+", raw):
             raw = raw.replace(",", "").replace(".", "")
-        if not re.fullmatch(r"-?\d+", raw):
+        if not re.fullmatch(r"-?\d{1,30}", raw):  # int() refuses thousands of digits
             raise AnswerError("error_integer")
         value = int(raw)
         self._check_range(question, Decimal(value))
@@ -265,7 +271,7 @@ class AnswerParser:
         parts = [p for p in _LIST_SPLIT.split(normalize_digits(text)) if p.strip()]
         if len(parts) == 1:
             parts = [p for p in re.split(r"\s+", parts[0]) if p]
-            if not all(p.isdigit() for p in parts):
+            if not all(p.isdecimal() for p in parts):
                 parts = [text]
         codes: list[str] = []
         for part in parts:
@@ -279,9 +285,11 @@ class AnswerParser:
     def _match_one(self, qn: Questionnaire, question: Question, text: str, lang: str,
                    options: tuple[Option, ...]) -> str | None:
         token = normalize_digits(text).strip().rstrip(".)").strip()
-        if token.isdigit():
-            index = int(token)
+        index = as_index(token)
+        if index is not None:
             return options[index - 1].code if 1 <= index <= len(options) else None
+        if token.isdigit():  # a superscript or a huge number: no option's number
+            return None
         codes = {o.code for o in options}
         if token.upper() in codes:
             return token.upper()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from bot.answers import AnswerError, AnswerParser, clean_text, normalize_digits
+from bot.answers import AnswerError, AnswerParser, as_index, clean_text, normalize_digits
 from bot.aside_turn import ASIDES, AsideTurns
 from bot.countries import country_table
 from bot.display import Display, language_aliases
@@ -280,8 +280,9 @@ class Engine(FormTurns, LanguageTurns, AsideTurns, Prompts):
         text = inbound.text
         offered = self._offered(st, current)
         typed = normalize_digits(clean_text(text)).rstrip(".)")
-        if offered and typed.isdigit() and 1 <= int(typed) <= len(offered):
-            self._record(turn, current, offered[int(typed) - 1])
+        index = as_index(typed)
+        if offered and index is not None and 1 <= index <= len(offered):
+            self._record(turn, current, offered[index - 1])
             self._advance(turn, None if q.id in self._triggers else slots)
             return
         if q.type == "multi_choice" and fold(clean_text(text)) in self._done_words:
@@ -382,12 +383,13 @@ class Engine(FormTurns, LanguageTurns, AsideTurns, Prompts):
         words = [m.group(1), m.group(2)]  # "edit 3", and "编辑3" with no space
         st = turn.state
         items = self._review_items(slots, st["answers"])
-        if not words[1].isdigit() or not 1 <= int(words[1]) <= len(items):
+        index = as_index(words[1])
+        if index is None or not 1 <= index <= len(items):
             self._say(turn, "error_edit_range", kind="error", n=words[1][:10],
                       count=len(items))
             self._prompt_current(turn)
             return True
-        st["phase"], st["slot"], st["pending"] = "asking", items[int(words[1]) - 1].key, []
+        st["phase"], st["slot"], st["pending"] = "asking", items[index - 1].key, []
         self._ask(turn, slots)
         return True
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from bot.answers import clean_text, normalize_digits
+from bot.answers import as_index, clean_text, normalize_digits
 from bot.events import LanguageChanged
 from bot.i18n import LANGUAGES, fold
 from bot.language import Detection, normalize_language_tag
@@ -67,8 +67,9 @@ class LanguageTurns:
             chosen = (inbound.choice or "").lower()
         elif inbound.kind == "text":
             word = fold(normalize_digits(clean_text(inbound.text))).strip(" .")
-            if word.isdigit() and 1 <= int(word) <= len(LANGUAGES):
-                chosen = LANGUAGES[int(word) - 1]
+            index = as_index(word)
+            if index is not None and 1 <= index <= len(LANGUAGES):
+                chosen = LANGUAGES[index - 1]
             elif word in self._language_names:
                 chosen = self._language_names[word]
             elif word in {"ok", "yes", "oui", "si", "sí", "да", "是", "نعم"} or word in \
