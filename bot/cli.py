@@ -1,4 +1,4 @@
-"""The `capbot` command line: serve, chat, export, stats, detect-language, db upgrade."""
+"""The `capbot` command line: serve, chat, export, stats, remind, detect-language, db upgrade."""
 
 from __future__ import annotations
 
@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="one JSON document")
     stats.add_argument("--lang", help="labels in this language (default en)")
     stats.add_argument("--questionnaire", help="questionnaire id (default: the default one)")
+    remind = sub.add_parser("remind", help="remind invited respondents who have not "
+                            "submitted (at most CAPBOT_REMINDER_MAX, CAPBOT_REMINDER_"
+                            "INTERVAL_DAYS apart, never in CAPBOT_QUIET_HOURS)")
+    remind.add_argument("--dry-run", action="store_true",
+                        help="list who would be reminded, and why the others not; send nothing")
     sub.add_parser("detect-language", help="classify lines of standard input by language")
     box = sub.add_parser("outbox", help="messages waiting to be sent or given up on")
     box_sub = box.add_subparsers(dest="outbox_command", required=True)
@@ -97,6 +102,10 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         from reports.cli import run_stats
 
         return await run_stats(settings, args)
+    if args.command == "remind":
+        from bot.remind_cli import run_remind
+
+        return await run_remind(settings, args)
 
     from bot.app import build_app
 

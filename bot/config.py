@@ -68,6 +68,15 @@ class Settings(BaseSettings):
                                                               "0 = no throttle")
     telegram_inbound_window: float = Field(60.0, gt=0, description="seconds")
 
+    # Reminders of a reporting round in `capbot serve` (`capbot remind` runs one by hand):
+    # at most `reminder_max` per person, `reminder_interval_days` apart, never during the
+    # quiet hours of the person's time zone (local START-END, e.g. 20-08: 20:00 to 08:00).
+    reminders: bool = Field(False, description="on: capbot serve sends reminders by itself")
+    reminder_max: int = Field(3, ge=0, description="reminders per person at most")
+    reminder_interval_days: float = Field(7.0, gt=0, description="days between reminders")
+    quiet_hours: str = Field("20-08", description="local hours START-END with no reminders")
+    reminder_check_seconds: float = Field(300.0, gt=0, description="how often serve looks")
+
     imap_host: str | None = None
     imap_port: int | None = None
     imap_user: str | None = None
@@ -115,6 +124,25 @@ class Settings(BaseSettings):
         if isinstance(value, int):
             return [value]
         return value
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet_hours(cls, value: str) -> str:
+        from bot.reminders import parse_quiet_hours
+
+        parse_quiet_hours(value)  # raises ValueError with what is wrong
+        return value
+
+    @property
+    def reminder_policy(self):
+        """The reminder rules these settings describe (bot/reminders.py)."""
+        from datetime import timedelta
+
+        from bot.reminders import Policy, parse_quiet_hours
+
+        start, end = parse_quiet_hours(self.quiet_hours)
+        return Policy(self.reminder_max, timedelta(days=self.reminder_interval_days),
+                      start, end)
 
     @property
     def spool_file(self) -> Path:

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from bot.app import App, build_app
 from bot.config import Settings
+from bot.reminding import Reminders, ReminderScheduler
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +44,26 @@ def build_channels(app: App) -> list[Channel]:
     if settings.email_enabled:
         settings.check_email()
         from handlers.email.channel import EmailChannel
+        from handlers.email.lead import lead_sender
 
-        channels.append(EmailChannel(app))
+        email = EmailChannel(app)
+        # Reminders queued by `capbot remind` or the scheduler are form mails with a lead.
+        email.dispatcher.send = lead_sender(email, email.dispatcher.send)
+        channels.append(email)
     return channels
+
+
+def build_scheduler(app: App, channels: list[Channel]) -> ReminderScheduler:
+    """The reminder loop, handing what it queues to the running channels' senders."""
+    def publish(rows: list) -> None:
+        for channel in channels:
+            dispatcher = getattr(channel, "dispatcher", None)
+            if dispatcher is not None:
+                dispatcher.enqueue(rows)  # each dispatcher takes its own channel's rows
+
+    reminders = Reminders(app.database, app.engines, app.questionnaire.id, app.translations,
+                          app.settings.reminder_policy, publish=publish)
+    return ReminderScheduler(reminders, every=app.settings.reminder_check_seconds)
 
 
 async def serve(settings: Settings, *, stop_event: asyncio.Event | None = None) -> int:
@@ -59,14 +77,25 @@ async def serve(settings: Settings, *, stop_event: asyncio.Event | None = None) 
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
             loop.add_signal_handler(sig, stop.set)
     started: list[Channel] = []
+    scheduler: ReminderScheduler | None = None
     try:
         for channel in build_channels(app):
             await channel.start()
             started.append(channel)
             logger.info("channel %s started", channel.name)
+        if settings.reminders:
+            scheduler = build_scheduler(app, started)
+            # The one call site of a singleton job: when PostgreSQL leaders (bot/leaders.py)
+            # land, start the scheduler only while this replica leads "reminders". Until
+            # then two replicas both run it; the conditional count in storage/
+            # reminders_store.py still reminds nobody twice.
+            await scheduler.start()
+            logger.info("reminders: on (every %.0f s)", settings.reminder_check_seconds)
         await stop.wait()
         logger.info("stopping")
     finally:
+        if scheduler is not None:
+            await scheduler.stop()
         for channel in reversed(started):
             try:
                 await channel.stop()
