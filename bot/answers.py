@@ -269,6 +269,9 @@ class AnswerParser:
         if whole is not None:
             return [whole]
         parts = [p for p in _LIST_SPLIT.split(normalize_digits(text)) if p.strip()]
+        if not parts:  # only separators (","): no option at all, not an empty selection
+            raise AnswerError("error_choice", text=text.strip()[:60] or "…",
+                              count=len(options))
         if len(parts) == 1:
             parts = [p for p in re.split(r"\s+", parts[0]) if p]
             if not all(p.isdecimal() for p in parts):

@@ -221,3 +221,12 @@ def test_the_fuzzer_ran_the_examples_it_reports() -> None:
     """Runs after TestRespondent (file order): the figure the note reports."""
     print(f"\nengine fuzz: {Respondent.runs} runs, {Respondent.total_turns} turns")
     assert Respondent.runs >= EXAMPLES * 0.5 and Respondent.total_turns > Respondent.runs
+
+
+def test_only_separators_are_no_selection() -> None:
+    """Found by the fuzzer: "31. ," in a mail recorded an empty list for a required
+    multiple-choice question; in chat "," did the same."""
+    respondent = Respondent()
+    respondent._send(kind="form", text="", entries=(), commands=())
+    respondent._send(kind="form", text="", entries=(("31", ","),), commands=())
+    assert not any(v == [] for v in respondent.state["answers"].values())
