@@ -44,6 +44,8 @@ _META_DESCRIPTIONS = {
     "value_label": "The answer's label in the --lang language (coded questions only)",
     "answered_at": "When the answer was last given or changed (UTC)",
     "channel_message_id": "Id of the message that carried the answer on its channel",
+    "answers.csv.channel": "Channel the answer came from: console, telegram or email (one report "
+                           "can be answered on several: started on Telegram, finished by email)",
 }
 
 
@@ -92,7 +94,8 @@ class Codebook:
             if col.role == "label":  # country_label
                 desc = f"Country name in {self.lang}"
             else:
-                desc = self.descriptions.get(col.name, "")
+                desc = self.descriptions.get(f"{file}.{col.name}",
+                                             self.descriptions.get(col.name, ""))
             yield safe_row([file, col.name, "", "", "", "", "", "", "", *empty_labels, "",
                             desc])
             return

@@ -120,7 +120,7 @@ class Exporter:
         long = ["submission_id", "question_id", "repeat_index", "value_code"]
         if lang:
             long.append("value_label")
-        long += ["answered_at", "channel_message_id"]
+        long += ["answered_at", "channel_message_id", "channel"]  # channel: the answer's
         self.columns["answers"] = [Column(n, "meta") for n in long]
         self._widths = {table: len(cols) for table, cols in self.columns.items()}
 
@@ -240,7 +240,7 @@ class Exporter:
         fill = self._fill
         risky = RISKY_FIRST
         for row in rows:
-            _sid, qid, rep, code, answered_at, message_id = row
+            _sid, qid, rep, code, answered_at, message_id, _channel = row
             known = info.get(qid)
             if long is not None:
                 if (known is not None and (code is None or code[:1] not in risky)
@@ -283,7 +283,7 @@ class Exporter:
 
     def _long_row(self, row: Any, known: tuple | None, lang: str | None) -> list[Any]:
         """An answers.csv row that needs work: neutralising, a label, a timestamp."""
-        sid, qid, rep, code, answered_at, message_id = row
+        sid, qid, rep, code, answered_at, message_id, channel = row
         if code is None:
             cell = ""
         elif known is not None and known[1]:
@@ -293,7 +293,8 @@ class Exporter:
         out = [sid, qid if known is not None else neutralise(qid), rep, cell]
         if lang:
             out.append(self._value_label(qid, code) if code else "")
-        out += [format_timestamp(answered_at), neutralise(message_id) if message_id else ""]
+        out += [format_timestamp(answered_at), neutralise(message_id) if message_id else "",
+                channel or ""]
         return out
 
     def _value_label(self, qid: str, code: str) -> str:

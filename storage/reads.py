@@ -138,7 +138,7 @@ def _statements(conn: AsyncConnection, selection: Selection):
     # Ordered by the submission (a.submission_id = s.id): on SQLite the plan walks the
     # submissions in id order and each one's answers through the answers index, no sort.
     rows = (select(a.c.submission_id, a.c.question_id, a.c.repeat_index, a.c.value_code,
-                   ts(a.c.answered_at), a.c.channel_message_id)
+                   ts(a.c.answered_at), a.c.channel_message_id, a.c.channel)
             .select_from(s.join(a, a.c.submission_id == s.c.id))
             .where(where).order_by(s.c.id))
     return meta, rows
@@ -156,7 +156,7 @@ async def submissions_with_answers(conn: AsyncConnection, selection: Selection,
     A submission row is (id, reference, version, questionnaire_version, respondent_id,
     display_name, channel, language, status, started_at, updated_at, submitted_at); an answer
     row is (submission_id, question_id, repeat_index, value_code, answered_at,
-    channel_message_id), timestamps as UTC text where the database can format them. Use a
+    channel_message_id, channel), timestamps as UTC text where the database can format them. Use a
     snapshot connection (`reading_connection`) so that both cursors see the same data."""
     meta_stmt, rows_stmt = _statements(conn, selection)
     metas = await conn.stream(meta_stmt.execution_options(yield_per=size))

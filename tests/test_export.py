@@ -268,7 +268,7 @@ async def test_three_languages_zip_and_dir_every_answer_once(any_app: App, tmp_p
     long_ar = read_pandas(files_ar["answers.csv"])
     assert list(long_ar.columns) == ["submission_id", "question_id", "repeat_index",
                                      "value_code", "value_label", "answered_at",
-                                     "channel_message_id"]
+                                     "channel_message_id", "channel"]
     assert len(long_ar) == len(long)
     areas = long_ar[(long_ar.question_id == "A9_areas")].set_index("value_code")
     a9 = app.questionnaire.questions["A9_areas"]

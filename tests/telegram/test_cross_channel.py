@@ -7,10 +7,13 @@ SQLite and PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import csv
 import functools
+import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import insert, select
@@ -20,6 +23,8 @@ from bot.app import App
 from bot.invite_tokens import make_invite_token
 from handlers.email.channel import EmailChannel
 from handlers.telegram.channel import TelegramChannel
+from reports.csvfiles import export_dir
+from reports.options import ExportOptions
 from storage.models import (
     addresses,
     answers,
@@ -188,7 +193,8 @@ async def test_stop_opts_out_after_confirming_and_start_opts_back_in(
     assert person.opted_out_at is None
 
 
-async def test_started_on_telegram_email_then_finished_by_email(both: Round) -> None:
+async def test_started_on_telegram_email_then_finished_by_email(both: Round,
+                                                               tmp_path: Path) -> None:
     r = both
     assert r.mail is not None
     rid, token = await invite(r, language="en", name="Amina Diallo", organization="Green Action")
@@ -216,6 +222,12 @@ async def test_started_on_telegram_email_then_finished_by_email(both: Round) -> 
     assert (sub.respondent_id, sub.status) == (rid, "submitted")
     channels = {a.question_id: a.channel for a in await r.rows(answers)}
     assert channels["R1_name"] == "telegram" and channels["R3_org"] == "email"
+    out = tmp_path / "export"
+    await export_dir(r.app.db, r.app.questionnaires, r.app.translations,
+                     ExportOptions.parse(), out)
+    text = (out / "answers.csv").read_text("utf-8-sig")
+    exported = {row["question_id"]: row["channel"] for row in csv.DictReader(io.StringIO(text))}
+    assert exported["R1_name"] == "telegram" and exported["R3_org"] == "email"
 
 
 async def test_started_by_email_continued_on_telegram_asks_only_what_is_left(
