@@ -72,6 +72,12 @@ async def _collect(conn: AsyncConnection, qn: Questionnaire,
     if need_areas is not None:
         stats["need_areas"] = await _areas(conn, qn, labels, need_areas, per_activity=False,
                                            top=qn.by_role("top_needs"))
+    stats["cross_channel"] = {
+        "opted_out": await reads.opted_out_count(conn),
+        "links_refused": [
+            {"at": str(at)[:19], "invitation": data.get("invitation"), "email": email or "",
+             "chat": data.get("chat_id", "")}
+            for at, data, email in await reads.refused_links(conn)]}
     stats["undelivered"] = [
         {"channel": channel, "status": status, "reason": error or "", "messages": n}
         for channel, status, error, n in await reads.undelivered(conn)]
@@ -318,6 +324,12 @@ def format_stats(stats: dict[str, Any], lang: str = "en") -> str:
                              ["code", "name", "reports", "top-3"],
                              [[e["code"], _cut(_label(e, lang)), e["reports"],
                                e.get("top3", 0)] for e in stats["need_areas"]], 2))
+    cross = stats["cross_channel"]
+    lines.extend(_render(f"Invitation links refused (bound to another Telegram account) · "
+                         f"opted out: {cross['opted_out']}",
+                         ["when", "invitation", "invited", "chat"],
+                         [[e["at"], e["invitation"], e["email"], e["chat"]]
+                          for e in cross["links_refused"]], 3))
     lines.extend(_render("Messages not delivered (failed ones: capbot outbox retry)",
                          ["channel", "status", "reason", "messages"],
                          [[e["channel"], e["status"], _cut(e["reason"], 60), e["messages"]]

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from storage.db import Database
-from storage.models import answers, outbox, respondents, submissions
+from storage.models import answers, events, outbox, respondents, submissions
 
 logger = logging.getLogger(__name__)
 
@@ -294,6 +294,22 @@ async def amendments_in_progress(conn: AsyncConnection, questionnaire_id: str) -
         s.c.questionnaire_id == questionnaire_id, s.c.status != "submitted", s.c.version > 1,
         ~exists().where(and_(newer.c.reference == s.c.reference,
                              newer.c.version > s.c.version)))))).scalar_one()
+
+
+async def refused_links(conn: AsyncConnection, limit: int = 50) -> list[Any]:
+    """Deep links refused because their invitation is bound to another account: (when,
+    invitation id, the invited person's e-mail, the chat that tried), latest first."""
+    stmt = (select(events.c.created_at, events.c.data, respondents.c.email)
+            .select_from(events.outerjoin(respondents,
+                                          respondents.c.id == events.c.respondent_id))
+            .where(events.c.type == "link_refused")
+            .order_by(events.c.id.desc()).limit(limit))
+    return list(await conn.execute(stmt))
+
+
+async def opted_out_count(conn: AsyncConnection) -> int:
+    stmt = select(func.count()).where(respondents.c.opted_out_at.is_not(None))
+    return (await conn.execute(stmt)).scalar_one()
 
 
 async def conversation_states(conn: AsyncConnection) -> AsyncIterator[list[Any]]:

@@ -96,7 +96,7 @@ async def test_empty_database(any_app: App):
     assert stats["totals"]["reports"] == 0 and stats["by_language"] == []
     assert all(f["respondents"] == 0 for f in stats["funnel"])
     text = format_stats(stats)
-    assert text.count("(nothing yet)") == 10
+    assert text.count("(nothing yet)") == 11  # the tables, refused invitation links included
     assert "Completion funnel" in text
 
 
@@ -114,7 +114,7 @@ async def test_text_tables_are_aligned_and_localized(app: App, lang: str):
     assert label(app, lang, "R4_orgtype", "PARTY_GOV")[:20] in text
     assert app.translations.country_name(lang, "cn") in text
     blocks = text.split("\n\n")[1:]
-    assert len(blocks) == 11
+    assert len(blocks) == 12
     for block in blocks:
         lines = block.splitlines()[1:]  # title, then header, rule, rows
         if len(lines) < 3:

@@ -25,6 +25,7 @@ from handlers.email.channel import EmailChannel
 from handlers.telegram.channel import TelegramChannel
 from reports.csvfiles import export_dir
 from reports.options import ExportOptions
+from reports.stats import collect_stats, format_stats
 from storage.models import (
     addresses,
     answers,
@@ -161,6 +162,10 @@ async def test_a_deep_link_bound_to_another_account_is_refused_and_recorded(
     assert event.respondent_id == rid and event.data["chat_id"] == "7002"
     owners = {a.channel_user_id: a.respondent_id for a in await r.rows(addresses)}
     assert owners["7001"] == rid and owners["7002"] != rid  # a respondent of its own
+    stats = await collect_stats(r.app.database, r.app.questionnaire, r.app.translations)
+    (refused,) = stats["cross_channel"]["links_refused"]
+    assert (refused["email"], refused["chat"]) == (AMINA, "7002")
+    assert "Invitation links refused" in format_stats(stats)
 
 
 async def test_a_forged_link_is_not_valid_but_the_chat_may_answer(telegram_only: Round) -> None:
