@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 Publish = Callable[[list[OutboxItem]], None]
 TELEGRAM, EMAIL = "telegram", "email"
+COMMIT_BATCH = 200  # reminders per transaction: one durable commit, not one per person
 
 
 @dataclass(slots=True)
@@ -91,20 +92,26 @@ class Reminders:
         report = RunReport()
         if not dry_run:
             report.fallbacks = len(await self.fall_back())
+        due: list[Planned] = []
         for p in await self.plan(round_id=round_id):
             if p.due is None:
                 report.skipped[p.reason or "?"] += 1
-                continue
-            if dry_run:
-                report.queued.append(p)
-                continue
-            row = await self._commit(p)
-            if row is None:
-                report.lost_race += 1
-                continue
-            report.queued.append(p)
-            report.outbox.append(row)
-        self._hand_over(report.outbox)
+            else:
+                due.append(p)
+        if dry_run:
+            report.queued = due
+            return report
+        for start in range(0, len(due), COMMIT_BATCH):
+            batch = due[start:start + COMMIT_BATCH]
+            rows = await self._commit(batch)
+            for p, row in zip(batch, rows, strict=True):
+                if row is None:
+                    report.lost_race += 1
+                else:
+                    report.queued.append(p)
+                    report.outbox.append(row)
+            # Sending starts while the next batch commits.
+            self._hand_over([row for row in rows if row is not None])
         return report
 
     async def fall_back(self) -> list[OutboxItem]:
@@ -140,14 +147,21 @@ class Reminders:
         self._hand_over(created)
         return created
 
-    async def _commit(self, p: Planned) -> OutboxItem | None:
-        c, due = p.candidate, p.due
-        assert due is not None
-        payload = self._payload(due.channel, c, due.language, due.number)
+    async def _commit(self, batch: list[Planned]) -> list[OutboxItem | None]:
+        """One transaction for the batch; each reminder still counted only if its
+        invitation's count is the one read (else None: another run reminded first)."""
+        items = []
+        for n, p in enumerate(batch):
+            if n % 20 == 19:
+                await asyncio.sleep(0)  # the engine's prompts are CPU: let sends go out
+            c, due = p.candidate, p.due
+            assert due is not None
+            items.append({"invitation_id": c.invitation_id, "seen_count": c.reminders_sent,
+                          "channel": due.channel, "address": due.address,
+                          "payload": self._payload(due.channel, c, due.language, due.number),
+                          "respondent_id": c.respondent_id})
         return await self.db.transaction(functools.partial(
-            store.record_reminder, invitation_id=c.invitation_id, seen_count=c.reminders_sent,
-            channel=due.channel, address=due.address, payload=payload,
-            respondent_id=c.respondent_id, now=self.clock()))
+            store.record_reminders, items=items, now=self.clock()))
 
     def _hand_over(self, rows: list[OutboxItem]) -> None:
         if rows and self.publish is not None:

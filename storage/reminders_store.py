@@ -78,6 +78,12 @@ def record_reminder(conn: Connection, *, invitation_id: int, seen_count: int, ch
     return row
 
 
+def record_reminders(conn: Connection, *, items: list[dict[str, Any]],
+                     now: datetime) -> list[OutboxRow | None]:
+    """record_reminder for several invitations in one transaction."""
+    return [record_reminder(conn, now=now, **item) for item in items]
+
+
 def undelivered_reminders(conn: Connection, *, channel: str) -> list[dict[str, Any]]:
     """Reminders given up on `channel` because the address became unreachable (a blocked
     bot), and not yet sent another way: what to send again by email."""

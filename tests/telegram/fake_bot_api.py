@@ -13,7 +13,7 @@ import re
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -159,6 +159,7 @@ class RecordedRequest:
     files: dict[str, Upload]
     status: int = 200
     description: str | None = None
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
 
 @dataclass
@@ -514,6 +515,7 @@ class FakeBotApi:
         username: str = "capbot_test_bot",
         webhook_retries: int = 3,
         webhook_retry_delay: float = 0.05,
+        telegram_limits: bool = False,
     ) -> None:
         self.token = token
         self.bot_user = {"id": int(token.split(":")[0]), "is_bot": True}
@@ -539,6 +541,8 @@ class FakeBotApi:
         self._global_limit: int | None = None
         self._sent_at: defaultdict[object, deque[float]] = defaultdict(deque)
         self._forced_429 = (0, 1)  # (answers left, retry_after)
+        if telegram_limits:  # Telegram's own: ~30 messages/s per bot, 1/s per chat
+            self.set_flood_limit(per_chat_per_second=1, global_per_second=30)
         self._failures: dict[str, list[ApiError]] = {}  # method (lower case) -> errors to answer
         # Every update ever queued, in order; and a hook called with the ids each getUpdates
         # offset confirms (synchronously, before the request is answered: tests kill the bot
@@ -646,6 +650,11 @@ class FakeBotApi:
         """Answer 429 to send*/edit* calls beyond these rates (sliding one-second window)."""
         self._per_chat_limit, self._global_limit = per_chat_per_second, global_per_second
         self._sent_at.clear()
+
+    @property
+    def flood_refusals(self) -> int:
+        """How many calls were answered 429 Too Many Requests."""
+        return sum(1 for r in self.requests if r.status == 429)
 
     def force_429(self, count: int = 1, retry_after: int = 1) -> None:
         """Answer the next `count` calls with 429 (get* and webhook calls excepted)."""
