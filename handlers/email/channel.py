@@ -21,7 +21,6 @@ apart so that forged mail can neither use up a person's replies nor flood them.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import hmac
 import logging
@@ -40,6 +39,7 @@ from .form_reader import FormReader, bare_subject
 from .form_render import FormRenderer
 from .imap import Fetched, ImapConfig, ImapWatcher
 from .parsing import ParsedMail, normalize_address, parse_message
+from .rawmail import decode_raw, encode_raw
 from .render import Doc, build_message, format_address, render_html, render_text
 from .smtp import SmtpConfig, SmtpSender
 from .tokens import TokenClaims, make_token, verify_token
@@ -51,36 +51,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CHANNEL = "email"
-RAW_BASE64_MARKER = "=?capbot-base64?=\n"
 _KINDS = {"form": "question", "digest": "question", "review": "review", "receipt": "receipt",
           "notice": "info"}
 _MAX_FAILURES = 5  # a message that keeps failing is recorded as failed and moved on
-
-
-def encode_raw(raw: bytes) -> str:
-    """Raw message bytes as text for inbound_messages.payload, without loss.
-
-    UTF-8 without NUL (7-bit MIME included, so nearly all mail) is stored as it is, readable
-    in the database; anything else (8-bit legacy charsets, NUL, which PostgreSQL text
-    refuses) is stored as a marker line and base64. The marker cannot begin a real message:
-    its first line has no colon, so it is not a header.
-    """
-    if b"\x00" not in raw:
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            pass
-        else:
-            if not text.startswith(RAW_BASE64_MARKER):
-                return text
-    return RAW_BASE64_MARKER + base64.encodebytes(raw).decode("ascii")
-
-
-def decode_raw(payload: str) -> bytes:
-    """The raw bytes stored by encode_raw."""
-    if payload.startswith(RAW_BASE64_MARKER):
-        return base64.decodebytes(payload[len(RAW_BASE64_MARKER):].encode("ascii"))
-    return payload.encode("utf-8")
 
 
 def _header_block(raw: bytes) -> bytes:
@@ -283,9 +256,7 @@ class EmailChannel:
         if state is None or (not state.get("lang_explicit")
                              and state.get("phase") in ("new", "language")):
             detection = self.app.detector.detect(text)  # the first mail's language
-        thread = {"message_id": mail.message_id, "subject": mail.subject,
-                  "references": list(mail.references[-10:]),
-                  "synthesized": mail.message_id_synthesized}
+        thread = _thread(mail)
         inbound = Inbound(CHANNEL, owner, mail.message_id, "form", text=text,
                           language_hint=mail.content_language,
                           display_name=(mail.from_name or None) if not delegate else None,
@@ -328,9 +299,7 @@ class EmailChannel:
         notices: list[dict[str, Any]] = []
         if mail.can_reply and sender and self.unverified_budget.allows(sender):
             doc = self._renderer(None).notice_doc(lang, "mail_unsubscribed")
-            thread = {"message_id": mail.message_id, "subject": mail.subject,
-                      "references": list(mail.references[-10:]),
-                      "synthesized": mail.message_id_synthesized}
+            thread = _thread(mail)
             notices.append({"channel": CHANNEL, "address": sender, "payload": {
                 "text": render_text(doc), "kind": "info", "language": lang, "ref": None,
                 "to": None, **self._envelope(doc, thread, reply=True, index=0),
@@ -387,9 +356,7 @@ class EmailChannel:
             lang = self._notice_language(mail)
             doc = self._renderer(None).notice_doc(lang, notice[0], **notice[1])
         if doc and mail.can_reply and sender and self.unverified_budget.allows(sender):
-            thread = {"message_id": mail.message_id, "subject": mail.subject,
-                      "references": list(mail.references[-10:]),
-                      "synthesized": mail.message_id_synthesized}
+            thread = _thread(mail)
             payload = {"text": render_text(doc), "kind": _KINDS.get(doc.kind, "info"),
                        "language": doc.language, "ref": ref, "to": None,
                        **self._envelope(doc, thread, reply=True, index=0), "cap": UNVERIFIED}
@@ -487,6 +454,13 @@ class EmailChannel:
     async def _unreachable(self, item: OutboxItem, why: str) -> None:
         logger.warning("email to %s refused permanently: %s", item.payload.get("to")
                        or item.address, why)
+
+
+def _thread(mail: ParsedMail) -> dict[str, Any]:
+    """What a reply to `mail` needs to thread under it."""
+    return {"message_id": mail.message_id, "subject": mail.subject,
+            "references": list(mail.references[-10:]),
+            "synthesized": mail.message_id_synthesized}
 
 
 def _begun(state: dict[str, Any] | None) -> bool:
