@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.i18n import LANGUAGES, Translations
 from bot.questionnaire import Question, Questionnaire
+from reports.round_stats import collect_rounds, format_rounds
 from storage import reads
 from storage.reads import DatabaseLike, reading_connection
 
@@ -78,6 +79,7 @@ async def _collect(conn: AsyncConnection, qn: Questionnaire,
             {"at": str(at)[:19], "invitation": data.get("invitation"), "email": email or "",
              "chat": data.get("chat_id", "")}
             for at, data, email in await reads.refused_links(conn)]}
+    stats["rounds"] = await collect_rounds(conn, qn, tr)
     stats["undelivered"] = [
         {"channel": channel, "status": status, "reason": error or "", "messages": n}
         for channel, status, error, n in await reads.undelivered(conn)]
@@ -324,6 +326,7 @@ def format_stats(stats: dict[str, Any], lang: str = "en") -> str:
                              ["code", "name", "reports", "top-3"],
                              [[e["code"], _cut(_label(e, lang)), e["reports"],
                                e.get("top3", 0)] for e in stats["need_areas"]], 2))
+    lines.extend(format_rounds(stats.get("rounds", []), lang, _render, _label, _cut))
     cross = stats["cross_channel"]
     lines.extend(_render(f"Invitation links refused (bound to another Telegram account) · "
                          f"opted out: {cross['opted_out']}",
