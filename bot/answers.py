@@ -57,6 +57,10 @@ def normalize_digits(text: str) -> str:
     return "".join(out)
 
 
+# A host name label: letters and digits of any script (IDN), inner hyphens.
+_HOST_LABEL = re.compile(r"[^\W_](?:[\w-]*[^\W_])?")
+
+
 def as_index(text: str) -> int | None:
     """A typed list number ("3"), or None: str.isdigit() is true of "²", which int() refuses,
     and int() refuses thousands of digits too."""
@@ -138,8 +142,14 @@ class AnswerParser:
             raise AnswerError("error_url")
         if not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", candidate):
             candidate = "https://" + candidate
-        parts = urlsplit(candidate)
-        if parts.scheme.lower() not in ("http", "https") or "." not in (parts.hostname or ""):
+        try:
+            parts = urlsplit(candidate)
+            host = parts.hostname or ""
+        except ValueError:  # "http://[x": urlsplit refuses a broken IPv6 literal
+            raise AnswerError("error_url") from None
+        labels = host.removesuffix(".").split(".")
+        if parts.scheme.lower() not in ("http", "https") or len(labels) < 2 \
+                or not all(_HOST_LABEL.fullmatch(label) for label in labels):
             raise AnswerError("error_url")
         return candidate
 

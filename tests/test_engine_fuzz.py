@@ -230,3 +230,19 @@ def test_only_separators_are_no_selection() -> None:
     respondent._send(kind="form", text="", entries=(), commands=())
     respondent._send(kind="form", text="", entries=(("31", ","),), commands=())
     assert not any(v == [] for v in respondent.state["answers"].values())
+
+
+def test_links_the_url_parser_refused_or_let_through() -> None:
+    """Found by the fuzzer: "[" made urlsplit raise; "https://+¤R." was taken for a link."""
+    from bot.answers import AnswerError, AnswerParser
+
+    parser, q = AnswerParser(TRANSLATIONS), QUESTIONNAIRE.questions["A16_link"]
+    for text in ("http://[x", "[", "https://+¤R.", "https://a..b", "https://-a.org"):
+        try:
+            value = parser.parse(QUESTIONNAIRE, q, text, "en", (), lambda _: None)
+        except AnswerError as exc:
+            assert exc.key == "error_url", text
+        else:
+            raise AssertionError(f"{text!r} accepted as {value!r}")
+    for text in ("bch.cbd.int", "https://bch.cbd.int/en/", "http://例子.中国/x", "https://x.org."):
+        assert parser.parse(QUESTIONNAIRE, q, text, "en", (), lambda _: None).startswith("http")
