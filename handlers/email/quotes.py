@@ -17,12 +17,18 @@ _SPACES = re.compile(r"[\s\u00a0\u202f\u2007\u3000]+")
 _ANSWER = re.compile(r"^\d{1,3}\s*(?:[.):](?:\s|$)|[：．。、）])")
 
 # --- "On … wrote:" attribution lines ----------------------------------------
-_WROTE_END = re.compile(
-    r"(?:\bwrote|\ba écrit|\bescribió|\bescribio|\bschrieb|\bha scritto|\bescreveu|\bschreef"
-    r"|написал\(а\)|написала|написал|пишет|писал\(а\)"
-    r"|写道|寫道|كتبت|كتب)\s?[:：]$",
-    re.IGNORECASE,
+_VERBS = (
+    r"(?:\bwrote|\ba écrit|\bescribió|\bescribio|\bschrieb|\bha scritto|\bescreveu"
+    r"|\bschreef|\bskrev|\bkirjoitti|\bírta|\bnapisał\(a\)|\bnapisał|\bnapisala"
+    r"|написал\(а\)|написала|написал|написав|пишет|писал\(а\)"
+    r"|写道|寫道|撰写|كتبت|كتب)"
 )
+_WROTE_END = re.compile(_VERBS + r"\s?[:：]$", re.IGNORECASE)
+# "wrote" with no colon (some webmails, Zoho's "---- On … wrote ----"): only with an address, or
+# a date and a time, on the same line, so prose ending in "wrote" stays text.
+_WROTE_BARE = re.compile(_VERBS + r"$", re.IGNORECASE)
+# Zoho and some Android clients frame the attribution: "---- On … wrote ----".
+_DASH_FRAME = re.compile(r"^[-–—]{2,}\s*|\s*[-–—]{2,}$")
 # Gmail in Russian has no verb: "пн, 3 мар. 2025 г. в 10:00, X <x@y>:".
 _RU_GMAIL = re.compile(r"\d{4}\s?г\.?,?\s?в\s?\d{1,2}:\d{2}.*[:：]$")
 # The Bat! (common in Russia): "Вы писали 3 марта 2025 г., 10:00:".
@@ -30,16 +36,22 @@ _RU_BAT = re.compile(r"^вы писали\b.*[:：]$", re.IGNORECASE)
 # Apple Mail / Thunderbird in Arabic put the verb before the name: "في …، كتب X <x@y>:".
 _AR_APPLE = re.compile(r"^في\s.*\sكتبت?\s.*[:：]$")
 # Language-neutral: an address in <…>, (…) or [mailto:…], a clock time, and a final colon.
-_ADDR = re.compile(r"<[^<>\s]+@[^<>\s]+>|\(<?[^()\s]+@[^()\s]+?>?\)|\[mailto:[^\]\s]+\]")
-_TIME = re.compile(r"\d{1,2}:\d{2}")
+_ADDR = re.compile(r"<\s?[^<>\s]+@[^<>\s]+\s?>|\(<?[^()\s]+@[^()\s]+?>?\)|\[mailto:[^\]\s]+\]")
+# Clock times as "10:00" or, in Russian, German and Nordic clients, "10.00".
+_TIME = re.compile(r"\b\d{1,2}[:.]\d{2}\b")
 _ENDS_COLON = re.compile(r"[:：]$")
 # Words that open an attribution, used to accept a header wrapped over several lines.
-_STARTERS = re.compile(r"^(?:on|le|el|am|il|em|op|在|于|في)\s", re.IGNORECASE)
+_STARTERS = re.compile(r"^(?:on|le|el|am|il|em|op|den|in data|在|于|في)\s", re.IGNORECASE)
+# An attribution glued to the end of the reply's last line: "Thanks. On Mon, … wrote:".
+_INLINE_START = re.compile(r"(?:\s|[-–—]{2,}\s?)(?=(?:On|Le|El|Am|Em|Op)\s)")
 _YEAR = re.compile(r"(?:19|20)\d{2}")
 
 # --- Outlook ------------------------------------------------------------
 _ORIGINAL = re.compile(
-    r"^[-–—_=]{2,}\s*(?:original message|original-nachricht|message d['’]origine"
+    r"^[-–—_=]{2,}\s*(?:original message|reply message|original-nachricht"
+    r"|ursprüngliche nachricht|antwort nachricht|oprindelig (?:meddelelse|besked)"
+    r"|originalmeddelande|alkuperäinen viesti|messaggio originale|oorspronkelijk bericht"
+    r"|mensagem original|wiadomość oryginalna|message d['’]origine"
     r"|mensaje original|исходное сообщение|原始邮件|原始郵件|الرسالة الأصلية"
     r"|forwarded message|message transféré|mensaje reenviado|пересылаемое сообщение"
     r"|переадресованное сообщение|转发邮件|转发的邮件|الرسالة المعاد توجيهها|رسالة معاد توجيهها)"
@@ -52,21 +64,25 @@ _FORWARD = re.compile(
     r"|以下是转发的邮件|转发的邮件|بداية الرسالة المعاد توجيهها)\s?[:：]?$",
     re.IGNORECASE,
 )
+_LIST_FOOTER = re.compile(r"^_{2,}$")  # Mailman's footer rule, below the quote
 _SEPARATOR = re.compile(r"^(?:_{10,}|-{10,}|—{5,})$")
 _LABELS = {
-    "from": r"from|de|von|от|发件人|寄件者|寄件人|من",
-    "sent": r"sent|date|envoyé|enviado|fecha|отправлено|дата|发送时间|日期|时间|寄件日期|"
-    r"تم الإرسال|التاريخ|أرسل|gesendet|datum",
-    "to": r"to|à|a|para|кому|收件人|إلى|الى|an",
-    "cc": r"cc|копия|抄送|副本|نسخة|نسخة إلى",
-    "subject": r"subject|objet|asunto|тема|主题|主題|主旨|الموضوع|betreff",
+    "from": r"from|de|von|от|发件人|寄件者|寄件人|من|van|da|fra|från|od|lähettäjä",
+    "sent": r"sent|date|envoyé le|envoyé|enviado el|enviado|fecha|отправлено|дата|发送时间|日期|"
+    r"时间|寄件日期|تم الإرسال|التاريخ|أرسل|gesendet|datum|dato|data|inviato|verzonden|"
+    r"sendt|skickat|wysłano|lähetetty",
+    "to": r"to|à|a|para|кому|收件人|إلى|الى|an|aan|til|till|do|vastaanottaja",
+    "cc": r"cc|копия|抄送|副本|نسخة|نسخة إلى|kopie|kopia",
+    "subject": r"subject|objet|asunto|тема|主题|主題|主旨|الموضوع|betreff|onderwerp|oggetto|emne|"
+    r"ämne|temat|aihe|assunto",
 }
 # "From: x", "*From:* x" (Outlook HTML rendered as text), "De : x", "发件人：x". One regex for
 # all labels: the group that matched names the label.
 _LABEL_RE = re.compile(
     r"^\*?(?:"
     + "|".join(f"(?P<{key}>{alts})" for key, alts in _LABELS.items())
-    + r")\*?\s?(?::\*?(?:\s|$)|：)",
+    # "Objet :x" (French spacing, nothing after the colon's space) and "Objet: x" alike.
+    + r")\*?(?:\s?:\*?(?:\s|$)|\s:|：)",
     re.IGNORECASE,
 )
 
@@ -109,7 +125,15 @@ def _is_quoted(norm: str) -> bool:
 def _is_attribution(text: str) -> bool:
     if not text or len(text) > 320 or _ANSWER.match(text) or _is_quoted(text):
         return False
+    framed = len(_DASH_FRAME.findall(text)) == 2  # "---- John Smith wrote ----"
+    text = _DASH_FRAME.sub("", text)
+    if framed and _WROTE_BARE.search(text):
+        return True
     if any(rx.search(text) for rx in (_WROTE_END, _RU_GMAIL, _RU_BAT, _AR_APPLE)):
+        return True
+    if _WROTE_BARE.search(text) and (
+        _ADDR.search(text) or (_TIME.search(text) and _YEAR.search(text))
+    ):
         return True
     return bool(_ENDS_COLON.search(text) and _ADDR.search(text) and _TIME.search(text))
 
@@ -135,10 +159,14 @@ def _label(norm: str) -> str | None:
 
 
 def _is_header_block(norm: list[str], i: int) -> bool:
-    """An Outlook "From: / Sent: / To: / Subject:" block starts at line i (in any of the six)."""
-    if _label(norm[i]) != "from":
+    """An Outlook "From: / Sent: / To: / Subject:" block starts at line i (in any of the six).
+
+    Some clients put the date first ("Date: … / From: … / To: … / Subject: …")."""
+    first = _label(norm[i])
+    if first not in ("from", "sent"):
         return False
-    seen: set[str] = set()
+    seen: set[str] = {first}
+    dated = first == "sent" and _is_dated(norm[i])
     checked = 0
     # Outlook blocks are contiguous, but a long To: list may wrap onto extra lines.
     for j in range(i + 1, min(len(norm), i + 12)):
@@ -146,12 +174,18 @@ def _is_header_block(norm: list[str], i: int) -> bool:
             continue
         checked += 1
         key = _label(norm[j])
-        if key in ("sent", "to", "subject"):
+        if key in ("from", "sent", "to", "subject"):
             seen.add(key)
+            dated = dated or (key == "sent" and _is_dated(norm[j]))
         if checked >= 6:
             break
-    # Two distinct labels besides From: an answer such as "De: mi ministerio" never qualifies.
-    return len(seen) >= 2
+    # From and two other labels, or two with a full date ("Date: Wed, 16 May 2012 00:15"):
+    # an answer such as "De: mi ministerio" or "From: us / To: you" never qualifies.
+    return ("from" in seen and len(seen) >= 3) or (dated and len(seen) >= 2)
+
+
+def _is_dated(norm: str) -> bool:
+    return bool(_YEAR.search(norm) and _TIME.search(norm))
 
 
 def _find_marker(lines: list[str], norm: list[str], start: int) -> tuple[int, int, str] | None:
@@ -178,11 +212,14 @@ def _find_marker(lines: list[str], norm: list[str], start: int) -> tuple[int, in
             # Clients wrap long attributions: "On Mon, … Bot <" / "bot@example.org> wrote:".
             joined = text
             for k in (1, 2):
-                if i + k >= n or not norm[i + k] or _is_quoted(norm[i + k]):
+                # ">:" is the address's closing bracket wrapped onto a line, not a quote.
+                if i + k >= n or not norm[i + k] or (
+                        _is_quoted(norm[i + k]) and norm[i + k] != ">:"):
                     break
                 joined = f"{joined} {norm[i + k]}"
                 if _is_attribution(joined):
-                    strong = _STARTERS.match(text) or "@" in text or text.endswith("<")
+                    strong = _STARTERS.match(text) or "@" in text or text.endswith("<") \
+                        or (_TIME.search(text) and _YEAR.search(text))
                     if strong or not _is_attribution(norm[i + k]):
                         return i, i + k + 1, "attribution"
                     break
@@ -197,13 +234,72 @@ def _tidy(lines: list[str]) -> list[str]:
         if not line and (not out or not out[-1]):
             continue
         out.append(line)
-    while out and (not out[-1] or _MOBILE.match(_norm(out[-1]))):
+    while out and (not out[-1] or _is_device_signature(out[-1])):
         out.pop()
+    return out
+
+
+def _is_device_signature(line: str) -> bool:
+    """"Sent from my iPhone" and the like; not prose that starts so ("Sent from my desk, …")."""
+    norm = _norm(line)
+    return bool(_MOBILE.match(norm)) and "," not in norm and len(norm.split()) <= 8
+
+
+def _split_inline_attribution(lines: list[str]) -> list[str]:
+    """Put an attribution glued to the end of a reply line on a line of its own.
+
+    Only when the quote follows (the next line is ">"-quoted) or the tail names an address,
+    so that an answer such as "5. Le 3 mars 2025 à 10:00, X a écrit :" stays as it is."""
+    out: list[str] = []
+    for k, line in enumerate(lines):
+        norm = _norm(line)
+        if not norm or _is_quoted(norm):
+            out.append(line)
+            continue
+        nxt = next((_norm(x) for x in lines[k + 1 : k + 4] if _norm(x)), "")
+        for match in _INLINE_START.finditer(line):
+            head, tail = line[: match.start()].rstrip(" -–—"), line[match.end() :]
+            # The head must not be the attribution's own beginning ("On Mon, … at 10:00 Am…").
+            head_norm = _norm(head)
+            if head_norm and not _may_start_attribution(head_norm) \
+                    and not _TIME.search(head_norm) and _is_attribution(_norm(tail)) and (
+                _is_quoted(nxt) or (_ADDR.search(tail) and not _ANSWER.match(norm))
+            ):
+                out += [head, tail]
+                break
+        else:
+            out.append(line)
     return out
 
 
 def _unquoted(lines: list[str], norm: list[str], start: int, end: int) -> list[str]:
     return [lines[i] for i in range(start, end) if not _is_quoted(norm[i])]
+
+
+def _own_paragraphs(lines: list[str], norm: list[str], start: int, end: int,
+                    last: bool) -> list[str]:
+    """Paragraphs between ">" blocks that hold no quoted line: the respondent's interleaved
+    prose. A line touching a ">" line is a quoted line the client wrapped ("…pharetra d" /
+    "ignissim odio?"), not a reply. A mailing-list footer ("____" line) ends the reply, and
+    so does the last ">" line when another quote follows (older, unmarked history)."""
+    stop = end
+    if not last:
+        stop = max((k + 1 for k in range(start, end) if _is_quoted(norm[k])), default=start)
+    out: list[str] = []
+    para: list[int] = []
+    for k in [*range(start, stop), None]:
+        if k is not None and norm[k] and _LIST_FOOTER.match(norm[k]):
+            k = None
+            stop = -1
+        if k is None or not norm[k]:
+            if para and not any(_is_quoted(norm[j]) for j in para):
+                out += [lines[j] for j in para] + [""]
+            para = []
+            if stop == -1:
+                break
+            continue
+        para.append(k)
+    return out
 
 
 def strip_reply(text: str) -> str:
@@ -214,6 +310,8 @@ def strip_reply(text: str) -> str:
     the unquoted lines between ``>``-quoted ones are kept too, up to the next marker.
     """
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if any(_INLINE_START.search(line) for line in lines):
+        lines = _split_inline_attribution(lines)
     norm = [_norm(line) for line in lines]
     n = len(lines)
     first_quoted = next((i for i in range(n) if _is_quoted(norm[i])), n)
@@ -222,17 +320,27 @@ def strip_reply(text: str) -> str:
     top = _tidy(lines[:cut])
 
     region: list[str] = []
+    prose: list[str] = []
     # Below an attribution (or a bare ">" block) the old text is ">"-quoted, so unquoted lines
     # there are the respondent's. Below an Outlook header block or "-- " everything is old.
     if cut < n and (marker is None or marker[0] > first_quoted or marker[2] == "attribution"):
         start = first_quoted if marker is None or marker[0] > first_quoted else marker[1]
         nxt = _find_marker(lines, norm, start)
-        region = _tidy(_unquoted(lines, norm, start, nxt[0] if nxt else n))
+        end = nxt[0] if nxt else n
+        region = _tidy(_unquoted(lines, norm, start, end))
+        # Unquoted text after an attribution with no ">" line below it is old text whose
+        # marks the client dropped; in paragraphs of its own between ">" blocks it is the
+        # respondent's, interleaved.
+        if top and not any(map(is_answer_line, region)) \
+                and any(_is_quoted(norm[k]) for k in range(start, end)):
+            prose = _tidy(_own_paragraphs(lines, norm, start, end, last=nxt is None))
 
     if not top:
         kept = region
     elif region and not any(map(is_answer_line, top)) and any(map(is_answer_line, region)):
         kept = [*top, "", *region]
+    elif prose and not any(map(is_answer_line, top)):
+        kept = [*top, "", *prose]
     else:
         kept = top
     return "\n".join(kept)
