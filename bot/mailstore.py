@@ -25,6 +25,11 @@ class MailStore:
         return await self.database.transaction(mail_store.reply_counts_since, self.channel,
                                                since)
 
+    async def reply_counts_for(self, addresses: list[str], since: datetime
+                               ) -> list[tuple[str, str | None, int]]:
+        return await self.database.transaction(mail_store.reply_counts_for, self.channel,
+                                               addresses, since)
+
     async def report_state(self, user_id: str) -> dict[str, Any] | None:
         return await self.database.transaction(mail_store.report_state, self.channel, user_id)
 

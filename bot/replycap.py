@@ -2,8 +2,10 @@
 
 At most `cap` replies go to one address per UTC day. Mail shown to be its sender's and the
 notices to mail that was not are counted on two budgets, so that forged mail can neither use
-up a person's replies nor flood them. Counts are seeded from the outbox at start-up; they
-live in this process (a second replica keeps its own until they move into the database).
+up a person's replies nor flood them. The database is the count: the email channel reloads
+an address's counts from today's outbox rows (every process's) before it decides, so the cap
+holds across restarts and replicas; the counts here are a cache of those rows. Two replicas
+answering the same address in the same instant can each send one more.
 """
 
 from __future__ import annotations

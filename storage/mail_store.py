@@ -27,6 +27,17 @@ def reply_counts_since(conn: Connection, channel: str, since: datetime
     return [(address, kind, count) for address, kind, count in conn.execute(stmt)]
 
 
+def reply_counts_for(conn: Connection, channel: str, addresses_: list[str], since: datetime
+                     ) -> list[tuple[str, str | None, int]]:
+    """Like reply_counts_since, for a few addresses: what every process sent them today."""
+    cap = outbox.c.payload["cap"].as_string()
+    stmt = (select(outbox.c.address, cap, func.count())
+            .where(outbox.c.channel == channel, outbox.c.address.in_(addresses_),
+                   outbox.c.created_at >= since)
+            .group_by(outbox.c.address, cap))
+    return [(address, kind, count) for address, kind, count in conn.execute(stmt)]
+
+
 def report_state(conn: Connection, channel: str, user_id: str) -> dict[str, Any] | None:
     """The conversation state of the report of the person behind that address (whichever
     channel they started on), or None when there is none."""
@@ -69,4 +80,5 @@ def record_with_notices(conn: Connection, *, channel: str, message_id: str,
         for address, body in notices])
 
 
-__all__ = ["owner_of", "record_with_notices", "reply_counts_since", "report_state"]
+__all__ = ["owner_of", "record_with_notices", "reply_counts_for", "reply_counts_since",
+           "report_state"]

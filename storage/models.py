@@ -192,7 +192,8 @@ class OutboxMessage(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    __table_args__ = (Index("ix_outbox_pending", "status", "channel"),)
+    __table_args__ = (Index("ix_outbox_pending", "status", "channel"),
+                      Index("ix_outbox_address_created", "channel", "address", "created_at"))
 
 
 class Event(Base):

@@ -138,6 +138,18 @@ class EmailChannel:
             budget = self.unverified_budget if kind == UNVERIFIED else self.budget
             budget.counts[address] += count
 
+    async def _count_replies(self, *addresses: str | None) -> None:
+        """Today's replies to these addresses as the database counts them, so that the cap
+        holds across restarts and replicas (the in-memory counts are only a cache)."""
+        wanted = [a for a in dict.fromkeys(addresses) if a]
+        if not wanted:
+            return
+        rows = await self.store.reply_counts_for(wanted, start_of_day())
+        for budget, unverified in ((self.budget, False), (self.unverified_budget, True)):
+            for address in wanted:
+                budget.counts[address] = sum(n for a, kind, n in rows if a == address
+                                             and (kind == UNVERIFIED) == unverified)
+
     # -- inbound -------------------------------------------------------------------------------
 
     async def handle_batch(self, messages: list[Fetched]) -> list[int]:
@@ -244,6 +256,7 @@ class EmailChannel:
                                    doc=self._renderer(draft).verify_doc(draft),
                                    ref=draft["ref"])
                 return True
+        await self._count_replies(sender, owner)
         muted = self.budget.muted({sender, owner})
         if sender in muted:
             log = logger.warning if self.budget.first_refusal(sender) else logger.info
@@ -297,6 +310,7 @@ class EmailChannel:
             owner = await self.store.owner_of(claims.ref) if claims is not None else None
             invited = (0, owner) if owner else None
         notices: list[dict[str, Any]] = []
+        await self._count_replies(sender)
         if mail.can_reply and sender and self.unverified_budget.allows(sender):
             doc = self._renderer(None).notice_doc(lang, "mail_unsubscribed")
             thread = _thread(mail)
@@ -355,6 +369,8 @@ class EmailChannel:
         if notice and doc is None:
             lang = self._notice_language(mail)
             doc = self._renderer(None).notice_doc(lang, notice[0], **notice[1])
+        if doc and mail.can_reply and sender:
+            await self._count_replies(sender)
         if doc and mail.can_reply and sender and self.unverified_budget.allows(sender):
             thread = _thread(mail)
             payload = {"text": render_text(doc), "kind": _KINDS.get(doc.kind, "info"),

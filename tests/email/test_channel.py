@@ -211,6 +211,22 @@ async def test_replies_per_address_are_capped_per_day(env: Env) -> None:
     assert {"R1_name", "R2_email"} <= stored  # the third mail still counted
 
 
+@pytest.mark.parametrize("env", [{"email_daily_reply_cap": 2}], indirect=True)
+async def test_replies_another_process_sent_today_count_against_the_cap(env: Env) -> None:
+    """A second replica (or this one before a restart) already answered twice today: the
+    cap is counted in the database, not in this process's memory."""
+    await env.app.service.store.add_outbox([
+        {"channel": "email", "address": "busy@example.net",
+         "payload": {"text": "an earlier reply", "kind": "info"}} for _ in range(2)])
+    person = Person(env, "busy@example.net", "Busy")
+    await env.deliver(person.compose("Hello, I would like to answer the questionnaire."),
+                      mail_from=person.address)
+    await env.settle()
+    assert "busy@example.net" not in [m.message["To"] for m in env.smtp.messages]
+    (row,) = await env.rows(inbound_messages)
+    assert row.status == "processed"  # kept and applied, only not answered
+
+
 # -- identity: tokens and delegates ------------------------------------------------------------
 
 
