@@ -74,6 +74,24 @@ _AUTO_HEADERS = (
 )
 _LIST_HEADERS = ("List-Id", "List-Unsubscribe", "List-Post", "List-Help", "List-Owner")
 _BOUNCE_SENDERS = frozenset({"mailer-daemon", "mailerdaemon", "postmaster"})
+# Compared with "-", "_" and "." removed: post_master, Mailer_Daemon, mail.daemon…
+_BOUNCE_SQUASHED = frozenset({"mailerdaemon", "maildaemon", "postmaster", "mailerdeamon"})
+_SQUASH = re.compile(r"[-_.]")
+# The names MTAs sign bounces with ("Mailer Daemon <poostmaster@…>", OpenSMTPD), squashed.
+_BOUNCE_NAMES = frozenset({"mailerdaemon", "maildeliverysubsystem", "maildeliverysystem",
+                           "postmaster", "mailsystem", "maildeliveryservice"})
+# Bounce subjects of the common MTAs, only at the very start ("Re: Undeliverable" is a person).
+_BOUNCE_SUBJECT = re.compile(
+    r"^\s*(?:undelivered mail returned to sender|returned mail\s?:|mail delivery failed"
+    r"|delivery status notification|undeliverable\s?:|undeliverable mail|failure notice"
+    r"|delivery failure|mail system error|non[- ]delivery|message delivery failure"
+    r"|warning: could not send message|delayed mail|mail delivery (?:failure|problem))",
+    re.IGNORECASE,
+)
+# List managers answer from these (Mailman's -bounces/-owner, Majordomo's owner-, fml's -admin).
+_LIST_MANAGER = re.compile(r"(?:-(?:admin|request|owner|bounces?)(?:\+.*)?|^owner-.+)$")
+# Feedback loops that are not ARF: Microsoft's JMRP attaches the message with this header.
+_JMRP_SUBJECT = re.compile(r"^\s*complaint about message from\b", re.IGNORECASE)
 _NOREPLY = re.compile(r"^(?:no[-_.]?reply|do[-_.]?not[-_.]?reply|donotreply)(?:[-+_.].*)?$")
 # Only at the very start of the subject: "Re: Automatic reply: …" is a person answering one.
 _AUTO_SUBJECT = re.compile(
@@ -233,6 +251,10 @@ def _local_part(value: str) -> str:
     if "@" not in addr:
         # Return-Path: <MAILER-DAEMON> and similar bare names
         addr = value.strip().strip("<>").strip()
+        # "Mail Delivery Subsystem <MAILER-DAEMON>": the bare name in brackets
+        bracketed = re.search(r"<([^<>@\s]+)>", value)
+        if bracketed:
+            addr = bracketed.group(1)
     return addr.rsplit("@", 1)[0].strip().strip('"').lower()
 
 
@@ -250,6 +272,21 @@ def _malformed(msg: Message) -> str | None:
     _, addr = email.utils.parseaddr(raw_header(msg, "From") or "")
     if "@" not in addr:
         return "no valid From address"
+    return None
+
+
+def _feedback_loop(msg: Message) -> str | None:
+    """Why msg is a feedback-loop complaint report that is not a multipart/report (RFC 5965)."""
+    for part in msg.walk():
+        if part.get_content_type() == "message/feedback-report":
+            return "message/feedback-report part"
+        if part.get_content_type() == "message/rfc822":
+            inner = part.get_payload()
+            inner = inner[0] if isinstance(inner, list) and inner else inner
+            if isinstance(inner, Message) and raw_header(inner, "X-HmXmrOriginalRecipient"):
+                return "Microsoft JMRP report"
+    if _JMRP_SUBJECT.match(header_text(msg, "Subject")):
+        return "complaint subject"
     return None
 
 
@@ -283,8 +320,16 @@ def _classify(msg: Message) -> Classification:
 
     for name in ("From", "Sender", "Return-Path"):
         local = _local_part(raw_header(msg, name) or "")
-        if local in _BOUNCE_SENDERS:
+        if local in _BOUNCE_SENDERS or _SQUASH.sub("", local) in _BOUNCE_SQUASHED:
             return Classification("bounce", f"{name}: {local}")
+    display, _ = email.utils.parseaddr(raw_header(msg, "From") or "")
+    if re.sub(r"[\W_]", "", display).lower() in _BOUNCE_NAMES:
+        return Classification("bounce", f"From name: {display}")
+    if _BOUNCE_SUBJECT.match(header_text(msg, "Subject")):
+        return Classification("bounce", "bounce subject")
+    complaint = _feedback_loop(msg)
+    if complaint:
+        return Classification("bounce", f"feedback-loop complaint: {complaint}")
 
     auto = (header_text(msg, "Auto-Submitted").split(";")[0]).strip().lower()
     if auto and auto != "no":
@@ -301,6 +346,10 @@ def _classify(msg: Message) -> Classification:
             return Classification("list", f"{name} header")
     if precedence in ("bulk", "list", "junk"):
         return Classification("list", f"Precedence: {precedence}")
+    for name in ("From", "Sender"):
+        local = _local_part(raw_header(msg, name) or "")
+        if _LIST_MANAGER.search(local):
+            return Classification("list", f"list manager address: {name}: {local}")
 
     return_path = raw_header(msg, "Return-Path")
     if return_path is not None and return_path.replace(" ", "") in ("<>", ""):
