@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from email.message import Message
 from typing import Literal
 
+from charset_normalizer import from_bytes
+
 __all__ = [
     "ASCII_LABELS",
     "CHARSET_ALIASES",
@@ -27,6 +29,7 @@ __all__ = [
     "decode_8bit",
     "decode_payload",
     "decode_words",
+    "guess_charset",
     "header_text",
     "raw_header",
     "raw_headers",
@@ -137,7 +140,7 @@ def decode_8bit(value: str, fallback: str | None = None) -> str:
                 return data.decode(charset)
             except (LookupError, UnicodeDecodeError):
                 continue
-    return data.decode("utf-8", errors="replace")
+    return data.decode(guess_charset(data), errors="replace")
 
 
 def raw_header(msg: Message, name: str, fallback_charset: str | None = None) -> str | None:
@@ -236,8 +239,26 @@ def decode_payload(data: bytes, charset: str | None) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        # No usable label and not UTF-8: cp1252 is the most common unlabelled 8-bit charset.
-        return data.decode("cp1252", errors="replace")
+        return data.decode(guess_charset(data), errors="replace")
+
+
+# The unlabelled 8-bit charsets mail in the six languages comes in, most likely first: a
+# tie (short texts) goes to the earlier one. Fewer candidates, fewer confusions (cp1251 read
+# as mac_cyrillic, French cp1252 as cp1250).
+_GUESSES = ("cp1252", "cp1251", "koi8_r", "cp1256", "gb18030", "big5hkscs")
+
+
+def guess_charset(data: bytes) -> str:
+    """The charset of unlabelled, non-UTF-8 text, by charset-normalizer; cp1252 if unsure."""
+    try:
+        matches = list(from_bytes(data[:20_000], cp_isolation=list(_GUESSES)))
+    except Exception:  # the detector must never cost a message
+        return "cp1252"
+    if not matches:
+        return "cp1252"
+    least = min(m.chaos for m in matches)
+    tied = [m.encoding for m in matches if m.chaos - least < 0.01]
+    return min(tied, key=lambda enc: _GUESSES.index(enc) if enc in _GUESSES else 99)
 
 
 def header_text(msg: Message, name: str, fallback_charset: str | None = None) -> str:
