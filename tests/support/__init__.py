@@ -1,1 +1,0 @@
-"""Test-server helpers shared by tests and benchmark scripts."""
