@@ -30,7 +30,9 @@ from bot.config import load_settings
 from handlers.email.channel import EmailChannel
 from handlers.email.imap import ImapConfig, ImapWatcher
 from handlers.email.parsing import parse_message
-from tests.support.servers import Dovecot, Postgres, free_port
+from testkit.dovecot import Dovecot
+from testkit.ports import free_port
+from testkit.postgres import Postgres
 
 LANGS = {
     "en": ("Hello,\n\nPlease find my answers below.", "Best regards,", "Amina Diallo",

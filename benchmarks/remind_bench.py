@@ -29,8 +29,8 @@ from bot.config import load_settings
 from bot.messages import Inbound
 from bot.reminding import Reminders
 from handlers.courier import Courier
-from tests.round_seed import Person, seed_round
-from tests.telegram.fake_bot_api import FakeBotApi
+from testkit.fake_bot_api import FakeBotApi
+from testkit.round_seed import Person, seed_round
 
 FIRST_CHAT = 700_000
 

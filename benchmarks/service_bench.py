@@ -16,10 +16,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks.conversation import FULL_RUN_EN
 from bot.app import build_app
 from bot.config import load_settings
 from bot.messages import Inbound
+from testkit.conversation import FULL_RUN_EN
 
 
 def _rss_mb() -> float:

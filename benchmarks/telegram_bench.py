@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.telegram_echo import REPO_ROOT, Endpoint, make_echo_application, run_load
-from tests.telegram.fake_bot_api import ChatMessage, FakeBotApi, SimulatedUser
+from testkit.fake_bot_api import ChatMessage, FakeBotApi, SimulatedUser
 
 SELECTED = "✅"
 # One respondent's whole questionnaire with one activity: (kind, value); "toggle" presses a

@@ -35,7 +35,7 @@ from telegram.ext import (
 
 from handlers.telegram.ordering import PerChatUpdateProcessor
 from handlers.telegram.request import AiohttpRequest
-from tests.telegram.fake_bot_api import FakeBotApi, polling
+from testkit.fake_bot_api import FakeBotApi, polling
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WARM_UP_MESSAGES = 20  # opens the pooled connections before the measured run

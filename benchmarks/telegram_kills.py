@@ -5,7 +5,7 @@ Run: python -m benchmarks.telegram_kills [--kills 20] [--mode random|confirm] [-
 Simulated users keep writing (FakeBotApi on loopback) while a real `capbot serve` is killed
 with SIGKILL and restarted `--kills` times; prints how many of the updates sent were never
 stored. `--code` runs another checkout (e.g. `git worktree add /tmp/old f32d553`) for a
-before/after figure. See tests/telegram/kill_probe.py for the kill moments.
+before/after figure. See testkit/kill_probe.py for the kill moments.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from tests.telegram.kill_probe import REPO_ROOT, run_probe
+from testkit.kill_probe import REPO_ROOT, run_probe
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from bot.engine import Engine
 from bot.i18n import Translations
 from bot.questionnaire import Questionnaire
 
-pytest_plugins = ["tests.support.fixtures"]
+pytest_plugins = ["testkit.fixtures"]
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 

@@ -10,7 +10,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchmarks.language_accuracy import band, evaluate, load_corpus
 from bot.language import (
     LANGUAGES,
     Detection,
@@ -22,6 +21,7 @@ from bot.language import (
     resolve_language,
     run_detect_language,
 )
+from testkit.language_accuracy import band, evaluate, load_corpus
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from bot.outbox import OutboxDispatcher, OutboxItem, TransientSendError
 from reports.stats import collect_stats, format_stats
 from storage.models import outbox
-from tests.support.disk import small_disk
+from testkit.disk import small_disk
 
 
 async def _statuses(app) -> dict[int, str]:

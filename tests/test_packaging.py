@@ -23,6 +23,8 @@ def test_a_built_wheel_runs_a_conversation_from_another_directory(tmp_path: Path
         assert f"locales/{lang}/ui.yaml" in names
     assert "questionnaires/cpb_cb_survey.yaml" in names
     assert "storage/migrations/versions/0002_outbox_lease.py" in names
+    # Test helpers stay out of the wheel (pyproject include list).
+    assert not [n for n in names if n.startswith(("testkit/", "tests/", "benchmarks/"))]
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
 

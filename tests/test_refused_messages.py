@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from bot.messages import Inbound
 from storage.models import inbound_messages
-from tests.support.disk import small_disk
+from testkit.disk import small_disk
 
 
 async def _inbound(app) -> list:

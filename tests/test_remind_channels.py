@@ -15,9 +15,9 @@ import pytest
 from bot.config import load_settings
 from bot.remind_cli import run_remind
 from handlers.email.tokens import find_token, verify_token
-from tests.round_seed import Person, seed_round
-from tests.support.servers import SmtpCapture
-from tests.telegram.fake_bot_api import FakeBotApi
+from testkit.fake_bot_api import FakeBotApi
+from testkit.round_seed import Person, seed_round
+from testkit.smtp import SmtpCapture
 from tests.test_reminders import progressed
 
 SECRET = "test-secret"

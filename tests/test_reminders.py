@@ -17,7 +17,7 @@ from bot.messages import Inbound
 from bot.reminders import Candidate, Policy
 from bot.reminding import Reminders
 from storage.models import events, invitations, outbox
-from tests.round_seed import Person, seed_round
+from testkit.round_seed import Person, seed_round
 
 DEADLINE = date(2027, 10, 1)
 # 12:00 UTC: afternoon in Nairobi, Paris and Moscow; 21:00 in Tokyo (quiet hours 20-08).

@@ -7,7 +7,7 @@ from sqlalchemy import insert
 
 from reports.stats import collect_stats, format_stats
 from storage.models import events
-from tests.round_seed import Person, seed_round
+from testkit.round_seed import Person, seed_round
 from tests.test_reminders import DEADLINE, NOW, reminders_for, situations
 
 COLUMNS = ("invited", "opened", "in_progress", "submitted", "opted_out", "undeliverable",

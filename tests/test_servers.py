@@ -16,17 +16,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.support.servers import (
-    Dovecot,
-    ImapSettings,
-    Postgres,
-    SmtpCapture,
-    free_port,
-    free_ports,
-    imap_utf7,
-    in_ci,
-    require_or_skip,
-)
+from testkit.dovecot import Dovecot
+from testkit.imap import ImapSettings, imap_utf7
+from testkit.ports import free_port, free_ports
+from testkit.postgres import Postgres
+from testkit.process import in_ci, require_or_skip
+from testkit.smtp import SmtpCapture
 
 RAW = (
     b"From: Alice <alice@example.net>\r\n"

@@ -7,9 +7,9 @@ import itertools
 
 from sqlalchemy import func, select
 
-from benchmarks.conversation import FULL_RUN_EN
 from bot.messages import Inbound
 from storage.models import answers, events, inbound_messages, outbox, submissions
+from testkit.conversation import FULL_RUN_EN
 
 _ids = itertools.count()
 

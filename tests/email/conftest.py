@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from handlers.email.channel import EmailChannel
+from testkit.imap import ImapSettings
+from testkit.smtp import SmtpCapture
 from tests.email.support import Env, settings_for
-from tests.support.servers import ImapSettings, SmtpCapture
 
 
 @pytest.fixture

@@ -35,7 +35,8 @@ from bot.app import build_app
 from bot.config import Settings, load_settings
 from handlers.email.channel import EmailChannel
 from storage.models import answers, respondents, submissions
-from tests.support.servers import Dovecot, SmtpCapture
+from testkit.dovecot import Dovecot
+from testkit.smtp import SmtpCapture
 
 SERVER_ID = "mx.capbot.test"
 FORGERIES = {

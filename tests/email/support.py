@@ -17,7 +17,9 @@ from sqlalchemy import select
 
 from bot.app import App
 from handlers.email.channel import EmailChannel
-from tests.support.servers import Dovecot, ImapSettings, SmtpCapture
+from testkit.dovecot import Dovecot
+from testkit.imap import ImapSettings
+from testkit.smtp import SmtpCapture
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).resolve().parents[2]

@@ -24,6 +24,9 @@ from handlers.email.channel import EmailChannel, decode_raw
 from handlers.email.smtp import SmtpConfig, SmtpSender
 from handlers.email.tokens import find_token, make_token
 from storage.models import answers, events, inbound_messages, outbox, submissions
+from testkit.imap import ImapSettings
+from testkit.ports import free_port
+from testkit.smtp import SmtpCapture
 from tests.email.support import (
     FIXTURES,
     ROOT,
@@ -34,7 +37,6 @@ from tests.email.support import (
     message_id,
     settings_for,
 )
-from tests.support.servers import ImapSettings, SmtpCapture, free_port
 
 # -- the whole questionnaire in three languages ----------------------------------------------
 

@@ -14,8 +14,9 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
 
+from testkit.imap import ImapSettings
+from testkit.smtp import SmtpCapture
 from tests.email.support import settings_for
-from tests.support.servers import ImapSettings, SmtpCapture
 
 ROOT = Path(__file__).resolve().parents[2]
 MAILS = 60

@@ -12,7 +12,7 @@ import pytest
 
 from bot.outbox import TransientSendError
 from handlers.email.smtp import SmtpConfig, SmtpSender
-from tests.support.servers import SmtpCapture
+from testkit.smtp import SmtpCapture
 
 LOGGER = "handlers.email.smtp"
 

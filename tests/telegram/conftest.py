@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.telegram.fake_bot_api import FakeBotApi
+from testkit.fake_bot_api import FakeBotApi
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from bot.app import App
 from handlers.telegram.channel import TelegramChannel
-from tests.telegram.fake_bot_api import ChatMessage, FakeBotApi, SimulatedUser
+from testkit.fake_bot_api import ChatMessage, FakeBotApi, SimulatedUser
 
 ADMIN = 424242
 

@@ -1,5 +1,5 @@
 """The Telegram channel: pure translation tables, then capbot end to end through the real
-python-telegram-bot stack against a Bot API fake on loopback (tests/telegram/fake_bot_api.py)."""
+python-telegram-bot stack against a Bot API fake on loopback (testkit/fake_bot_api.py)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from handlers.telegram.translate import (
     utf16_len,
 )
 from storage.models import answers, events, inbound_messages, outbox, respondents, submissions
-from tests.telegram.fake_bot_api import (
+from testkit.fake_bot_api import (
     SECRET_HEADER,
     SimulatedUser,
     parse_html,

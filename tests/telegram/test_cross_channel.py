@@ -35,10 +35,11 @@ from storage.models import (
     rounds,
     submissions,
 )
+from testkit.fake_bot_api import FakeBotApi, SimulatedUser
+from testkit.imap import ImapSettings
+from testkit.smtp import SmtpCapture
 from tests.email.support import Env, Person, body_of
 from tests.email.support import settings_for as email_settings
-from tests.support.servers import ImapSettings, SmtpCapture
-from tests.telegram.fake_bot_api import FakeBotApi, SimulatedUser
 from tests.telegram.harness import press_code, settings_for
 
 SECRET = b"test-secret"

@@ -23,7 +23,7 @@ from telegram.ext import (
 )
 
 from handlers.telegram.request import AiohttpRequest
-from tests.telegram.fake_bot_api import SECRET_HEADER, FakeBotApi, parse_html, polling
+from testkit.fake_bot_api import SECRET_HEADER, FakeBotApi, parse_html, polling
 
 UPLOAD_NAME = "Отчёт 2025.csv"  # non-ASCII on purpose: multipart file names must survive
 UPLOAD_BYTES = b"country,score\nKE,3\n"

@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 
 from storage.models import answers, events, inbound_messages
-from tests.telegram.fake_bot_api import SECRET_HEADER, FakeBotApi
+from testkit.fake_bot_api import SECRET_HEADER, FakeBotApi
+from testkit.kill_probe import run_probe
 from tests.telegram.harness import press_code, running
-from tests.telegram.kill_probe import run_probe
 from tests.telegram.test_channel import answers_of
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after:DeprecationWarning")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import deque
 
 import pytest
 from telegram.ext import ApplicationBuilder
 
 from handlers.telegram.ratelimit import ChatRateLimiter, Pacer
-from tests.telegram.fake_bot_api import FakeBotApi
+from testkit.fake_bot_api import FakeBotApi
 
 
 def most_in_one_second(times: list[float]) -> int:
@@ -33,7 +34,7 @@ async def test_the_pacer_spaces_requests_in_order_and_holds_them_during_a_pause(
 
     await asyncio.gather(*(one(n) for n in range(10)))
     assert [n for n, _ in went] == list(range(10))
-    gaps = [b - a for (_, a), (_, b) in zip(went, went[1:])]
+    gaps = [b - a for (_, a), (_, b) in itertools.pairwise(went)]
     assert min(gaps) >= 0.015  # on the schedule, never two together
     pacer.pause(0.3)
     before = loop.time()
@@ -47,7 +48,7 @@ async def test_the_fake_enforces_telegrams_limits_when_asked() -> None:
         async with app:
             api.user(1)
             await app.bot.send_message(1, "a")
-            with pytest.raises(Exception, match="(?i)flood|retry"):
+            with pytest.raises(Exception, match=r"(?i)flood|retry"):
                 await app.bot.send_message(1, "b")  # a second one in the same second
         assert api.flood_refusals == 1
         [refused] = [r for r in api.requests if r.status == 429]

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from tests.telegram.fake_bot_api import FakeBotApi, SimulatedUser
+from testkit.fake_bot_api import FakeBotApi, SimulatedUser
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 Mode = Literal["random", "confirm"]
 TEXTS = ("Maria Lopez", "maria@example.org", "Ministry of Environment", "Kenya", "/help",
          "Workshop on risk assessment", "25", "/review", "/back", "hello")
@@ -125,7 +125,7 @@ class Bot:
         """Start and wait until it polls."""
         polls = len(self.api.calls("getUpdates"))
         self.runs += 1
-        log = open(self.workdir / f"serve-{self.runs}.log", "wb")  # noqa: SIM115
+        log = open(self.workdir / f"serve-{self.runs}.log", "wb")  # noqa: SIM115, ASYNC230
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bot", "serve", cwd=self.workdir, env=self.env,
             stdout=log, stderr=log)
