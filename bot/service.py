@@ -28,6 +28,7 @@ from bot.locks import KeyedLocks
 from bot.messages import Inbound, Reply
 from bot.outbox import OutboxItem
 from bot.spool import Spool
+from bot.turn_display import turn_display
 from storage import repository as repo
 from storage.db import Database
 from storage.store import Conversation, Decision, Message, TurnRecord, TurnStore
@@ -213,8 +214,25 @@ class ConversationService:
                                             turn.state["answers"].items()]})
             if kind in _LOGGED_EVENTS:
                 log.append(event)
-        return Decision(turn.state, changes, log, [reply_to_payload(r) for r in turn.replies],
+        return Decision(turn.state, changes, log, self._payloads(engine, ask.inbound, turn),
                         start=start, prefill=prefill)
+
+    @staticmethod
+    def _payloads(engine: Engine, inbound: Inbound, turn: Turn) -> list[dict[str, Any]]:
+        """The turn's replies as outbox payloads, each with the inbound's reply path (the
+        channel's own data, e.g. the pressed Telegram message) and, for a chat turn, what the
+        turn did as the respondent reads it (bot/turn_display.py): written with the reply, so
+        any process sends the row with the same display."""
+        path = dict(inbound.reply_path or {})
+        display = None if inbound.kind == "form" else turn_display(  # a form shows it all
+            engine, turn.state, turn.events)
+        payloads = []
+        for index, reply in enumerate(turn.replies):
+            payload = {**path, **reply_to_payload(reply)}
+            if display is not None:
+                payload["turn"] = {**display, "first": index == 0}
+            payloads.append(payload)
+        return payloads
 
     def _result(self, ask: _Ask, record: TurnRecord) -> TurnResult:
         if record.duplicate:

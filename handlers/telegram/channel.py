@@ -24,17 +24,14 @@ from telegram.error import BadRequest, InvalidToken, NetworkError, TelegramError
 from telegram.ext import Application, ApplicationBuilder
 
 from bot.config import ConfigError
-from bot.engine import awaiting_key
-from bot.events import Amended, AnswerRecorded, LanguageChanged, Stale, Submitted
 from bot.i18n import LANGUAGES
 from bot.outbox import OutboxDispatcher, OutboxItem
-from bot.service import TurnResult
 from handlers.telegram.admin import AdminCommands
 from handlers.telegram.intake import Poller, WebhookServer
 from handlers.telegram.ordering import PerChatUpdateProcessor
 from handlers.telegram.ratelimit import ChatRateLimiter
 from handlers.telegram.request import AiohttpRequest
-from handlers.telegram.sender import TelegramSender, TurnHint
+from handlers.telegram.sender import TelegramSender
 from handlers.telegram.throttle import InboundThrottle
 from handlers.telegram.translate import (
     CHANNEL,
@@ -328,37 +325,6 @@ class TelegramChannel:
             lang = self.chat_language(event)
             self._spawn(self._say_directly(event.chat_id, self.app.translations.t(
                 lang, "error_internal")))
-        # Runs before any of this turn's replies can be sent: the service hands them to the
-        # dispatcher, whose tasks only start once this coroutine yields.
-        if not result.duplicate and not result.failed and result.outbox:
-            hint = self._hint(event, result)
-            for item in result.outbox:
-                self.sender.hints[item.id] = hint
-
-    def _hint(self, event: TelegramEvent, result: TurnResult) -> TurnHint:
-        state = result.state or {}
-        lang = state.get("lang") or "en"
-        engine = self.app.service.engine_for(state or None)
-        tr = self.app.translations
-        answered: dict[str, str] = {}
-        stale = False
-        for ev in result.events:
-            try:
-                if isinstance(ev, AnswerRecorded):
-                    question = engine.qn.questions[ev.question]
-                    answered[ev.slot] = engine.display_value(lang, question, ev.value)
-                elif isinstance(ev, LanguageChanged):
-                    answered["language"] = tr.language_name(ev.language)
-                elif isinstance(ev, Submitted):
-                    answered["review"] = tr.t(lang, "submit_button")
-                elif isinstance(ev, Amended):
-                    answered["done"] = tr.t(lang, "amend_button")
-                elif isinstance(ev, Stale):
-                    stale = True
-            except Exception:  # a display problem must not cost the reply
-                logger.exception("cannot display event %s", ev.type)
-        awaiting = awaiting_key(state) if state else None
-        return TurnHint(awaiting, answered, event.pressed, stale)
 
     async def _throttled(self, event: TelegramEvent, notice: bool) -> None:
         """Over the chat's inbound rate: keep the update with the reason, answer at most once."""

@@ -2,10 +2,13 @@
 
 The outbox dispatcher calls `send(item)` for one reply at a time per chat, in order. Before the
 first reply of a turn goes out, the question that turn answered is edited to show the answer and
-lose its buttons; a multi-choice toggle edits its question in place. What is needed for that is
-kept in memory (which message carries the current question, what the turn did); after a restart
-it is gone and the chat is simply not tidied — Telegram's "message is not modified" and "message
-to edit not found" are expected there and ignored.
+lose its buttons; a multi-choice toggle edits its question in place. What the turn did (the
+answers as shown, the pressed message) is in the reply's payload, written with it
+(bot/turn_display.py, Inbound.reply_path), so any process sends a row the same way. Which message
+carries the chat's current question is a cache in memory: lost on a restart, a question answered
+by typed text keeps its old keyboard (a pressed one is still tidied, from the payload) —
+Telegram's "message is not modified" and "message to edit not found" are expected there and
+ignored.
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ from handlers.telegram.translate import (
     Outgoing,
     Pressed,
     answered_html,
-    escape,
     preformatted,
     render_reply,
 )
@@ -64,15 +66,24 @@ class SentQuestion:
     buttons: bool
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class TurnHint:
-    """What one turn did, learned from its result: used when its replies go out."""
+    """What one turn did, as its replies' payloads carry it: used when they go out."""
 
     awaiting: str | None  # slot or phase the conversation waits for after the turn
     answered: dict[str, str]  # slot -> the answer as the respondent should read it
     pressed: Pressed | None = None
     stale: bool = False
-    tidied: bool = False
+    first: bool = False  # the turn's first reply: the one that tidies
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> TurnHint | None:
+        turn = payload.get("turn")
+        if not isinstance(turn, dict):
+            return None  # not a turn's reply (a notice, a reminder), or written before hints
+        return cls(turn.get("awaiting"), dict(turn.get("answered") or {}),
+                   Pressed.from_json(payload.get("pressed")), bool(turn.get("stale")),
+                   bool(turn.get("first")))
 
 
 class TelegramSender:
@@ -82,9 +93,11 @@ class TelegramSender:
     def __init__(self, bot: Bot, codec: CallbackCodec, *, max_chats: int = 100_000) -> None:
         self.bot = bot
         self.codec = codec
-        self.hints: dict[int, TurnHint] = {}  # outbox id -> hint of the turn that wrote it
         self.languages: dict[int, str] = {}  # chat -> language of the last reply
+        # chat -> its current question: a cache (lost, an old keyboard stays in place).
         self._current: OrderedDict[int, SentQuestion] = OrderedDict()
+        # Progress of a row being sent, kept across its transient retries.
+        self._tidied: set[int] = set()  # outbox ids whose turn has been tidied
         self._parts_sent: dict[int, int] = {}  # outbox id -> parts already delivered
         self._max_chats = max_chats
 
@@ -94,13 +107,15 @@ class TelegramSender:
         try:
             await self._send(item)
         except TransientSendError:
-            raise  # tried again by the dispatcher: keep the hint and the progress
+            raise  # tried again by the dispatcher: keep the progress
         except BaseException:
-            self.hints.pop(item.id, None)
-            self._parts_sent.pop(item.id, None)
+            self._forget(item.id)
             raise
-        self.hints.pop(item.id, None)
-        self._parts_sent.pop(item.id, None)
+        self._forget(item.id)
+
+    def _forget(self, item_id: int) -> None:
+        self._tidied.discard(item_id)
+        self._parts_sent.pop(item_id, None)
 
     async def _send(self, item: OutboxItem) -> None:
         chat = int(item.address)
@@ -111,10 +126,10 @@ class TelegramSender:
             return
         if payload.get("language"):
             self.languages[chat] = payload["language"]
-        hint = self.hints.get(item.id)
-        if hint is not None and not hint.tidied:
+        hint = TurnHint.from_payload(payload)
+        if hint is not None and hint.first and item.id not in self._tidied:
             await self._tidy(chat, hint)
-            hint.tidied = True
+            self._tidied.add(item.id)
         rendered = render_reply(payload, self.codec)
         last = rendered.parts[-1]
         pressed = hint.pressed if hint is not None and not hint.stale else None
@@ -150,7 +165,7 @@ class TelegramSender:
                 if known:
                     current.buttons = False  # type: ignore[union-attr]
             elif pressed.slot != hint.awaiting:  # answered: moved on
-                record = current.record_html if known else escape(pressed.text)  # type: ignore[union-attr]
+                record = current.record_html if known else pressed.record_html  # type: ignore[union-attr]
                 display = hint.answered.get(pressed.slot or "") or pressed.label or ""
                 await self._close(chat, pressed.message_id, record, display)
                 if known:

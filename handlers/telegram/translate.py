@@ -151,7 +151,21 @@ class Pressed:
     slot: str | None
     code: str | None
     label: str | None  # the pressed button's text
-    text: str  # the message's plain text ("" for an inaccessible old message)
+    # How the message reads once answered: its HTML without the numbered option list ("" for
+    # an inaccessible old message). Used when this process did not send it (a restart).
+    record_html: str
+
+    def to_json(self) -> dict[str, Any]:
+        """As the turn's replies carry it (Inbound.reply_path, then the outbox payload)."""
+        return {"message_id": self.message_id, "slot": self.slot, "code": self.code,
+                "label": self.label, "record_html": self.record_html}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> Pressed | None:
+        if not isinstance(data, Mapping) or not data.get("message_id"):
+            return None
+        return cls(int(data["message_id"]), data.get("slot"), data.get("code"),
+                   data.get("label"), str(data.get("record_html") or ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +311,26 @@ def _button_label(message: Mapping[str, Any], data: str | None) -> str | None:
     return None
 
 
+_OPTION_LINE = re.compile(rf"^(?:{SELECTED_MARK})?\d+\. ")
+
+
+def record_of(message: Mapping[str, Any]) -> str:
+    """A question message as it should read once answered, from what Telegram shows: its
+    formatting (entities) as HTML, without the numbered option list render_reply adds."""
+    if not message.get("text"):
+        return ""
+    try:
+        from telegram import Message
+
+        html_text = Message.de_json(dict(message), None).text_html
+    except Exception:  # unreadable entities: the plain text will do
+        html_text = escape(str(message["text"]))
+    head, sep, tail = html_text.rpartition("\n\n")
+    if sep and head and all(_OPTION_LINE.match(line) for line in tail.split("\n")):
+        return head
+    return html_text
+
+
 def _callback(query: Mapping[str, Any], base: dict[str, Any],
               codec: CallbackCodec) -> TelegramEvent:
     message = query.get("message") or {}
@@ -312,10 +346,11 @@ def _callback(query: Mapping[str, Any], base: dict[str, Any],
     decoded = codec.decode(data)
     slot, code = decoded if decoded else (UNKNOWN_SLOT, "")
     pressed = Pressed(int(message.get("message_id") or 0), slot, code,
-                      _button_label(message, data), message.get("text") or "")
+                      _button_label(message, data), record_of(message))
     inbound = Inbound(CHANNEL, str(chat.get("id")), base["message_id"], kind="choice",
                       choice=code, for_slot=slot, language_hint=fields.get("language_hint"),
-                      display_name=fields.get("display_name"), raw=base["raw"])
+                      display_name=fields.get("display_name"), raw=base["raw"],
+                      reply_path={"pressed": pressed.to_json()})  # the sender tidies it
     reason = "" if decoded else f"undecodable callback data {str(data)[:64]!r}"
     return TelegramEvent("turn", kind="choice", inbound=inbound, pressed=pressed, reason=reason,
                          **fields)
