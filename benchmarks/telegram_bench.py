@@ -134,7 +134,7 @@ async def _serve_fake() -> None:
 async def run_capbot(users: int, database: str) -> dict[str, Any]:
     from bot.app import build_app
     from bot.config import load_settings
-    from handlers.telegram.channel import TelegramChannel
+    from bot.server import telegram_channel
 
     fake = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "benchmarks.telegram_bench", "--serve-fake",
@@ -157,7 +157,7 @@ async def run_capbot(users: int, database: str) -> dict[str, Any]:
                                  telegram_api_url=endpoint.base_url, telegram_rate_limit=False,
                                  telegram_chat_rate=0, telegram_inbound_limit=0)
         app = await build_app(settings)
-        channel = TelegramChannel(app, poll_timeout=10)
+        channel = telegram_channel(app, poll_timeout=10)
         await channel.start()
         try:
             warm = await ask("run", WARM_UP_USERS)

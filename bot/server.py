@@ -7,11 +7,14 @@ import contextlib
 import logging
 import signal
 import sys
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bot.app import App, build_app
 from bot.config import Settings
 from bot.reminding import Reminders, ReminderScheduler
+
+if TYPE_CHECKING:
+    from handlers.telegram.channel import TelegramChannel
 
 logger = logging.getLogger(__name__)
 
@@ -34,13 +37,21 @@ class Channel(Protocol):
     async def stop(self) -> None: ...
 
 
+def telegram_channel(app: App, **options: Any) -> TelegramChannel:
+    """The Telegram channel, given what it uses of the app (options: concurrency,
+    poll_timeout, start_attempts)."""
+    from handlers.telegram.channel import TelegramChannel
+
+    return TelegramChannel(service=app.service, settings=app.settings,
+                           translations=app.translations, questionnaires=app.questionnaires,
+                           database=app.database, **options)
+
+
 def build_channels(app: App) -> list[Channel]:
     channels: list[Channel] = []
     settings = app.settings
     if settings.telegram_enabled:
-        from handlers.telegram.channel import TelegramChannel
-
-        channels.append(TelegramChannel(app))
+        channels.append(telegram_channel(app))
     if settings.email_enabled:
         settings.check_email()
         from handlers.email.channel import EmailChannel

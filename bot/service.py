@@ -334,6 +334,11 @@ class ConversationService:
 
         return await self.spool.replay(keep)
 
+    async def language_of(self, channel: str, address: str) -> str | None:
+        """The stored conversation language of whoever has this address (None: unknown)."""
+        return await self.db.transaction(functools.partial(
+            repo.address_language, channel=channel, user_id=address))
+
     async def set_unreachable(self, channel: str, address: str, unreachable: bool) -> bool:
         """Record that an address cannot (or can again) be reached; True when it changed."""
         changed = await self.db.transaction(functools.partial(

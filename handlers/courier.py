@@ -47,9 +47,9 @@ class Courier:
         await self.close()
 
     async def _telegram(self) -> None:
-        from handlers.telegram.channel import TelegramChannel
+        from bot.server import telegram_channel
 
-        channel = TelegramChannel(self.app)
+        channel = telegram_channel(self.app)
         await channel.application.initialize()  # getMe; the rate limiter starts with the bot
 
         async def close() -> None:

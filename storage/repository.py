@@ -80,6 +80,15 @@ def address_owner(conn: Connection, channel: str, user_id: str) -> int | None:
     return conn.execute(stmt).scalar()
 
 
+def address_language(conn: Connection, channel: str, user_id: str) -> str | None:
+    """The conversation language of the respondent an address belongs to, if known."""
+    stmt = (select(respondents.c.language)
+            .select_from(addresses.join(respondents,
+                                        addresses.c.respondent_id == respondents.c.id))
+            .where(and_(addresses.c.channel == channel, addresses.c.channel_user_id == user_id)))
+    return conn.execute(stmt).scalar()
+
+
 def respondent_address(conn: Connection, respondent_id: int, channel: str) -> str | None:
     """The respondent's (first) address on a channel."""
     stmt = (select(addresses.c.channel_user_id)

@@ -148,3 +148,25 @@ async def test_concurrent_respondents_each_complete_in_order(make_app, database_
         submissions.c.status == "submitted")) == 12
     refs = await scalar(app, select(func.count(func.distinct(submissions.c.reference))))
     assert refs == 12
+
+
+async def test_replies_carry_what_the_turn_did_and_the_reply_path(make_app,
+                                                                   database_url) -> None:
+    """Written with the reply, so any process sends it the same way (issue 9 items 5-6)."""
+    app = await make_app(database_url)
+    assert await app.service.language_of("chat", "d") is None
+    await app.service.handle(msg("d", "start", "/start", "chat"), language="fr",
+                             explicit_language=True)
+    assert await app.service.language_of("chat", "d") == "fr"
+    answer = Inbound("chat", "d", "m-name", text="Maria Lopez", raw="Maria Lopez",
+                     reply_path={"pressed": {"message_id": 7}})
+    result = await app.service.handle(answer)
+    async with app.db.connect() as conn:
+        payloads = [r.payload for r in await conn.execute(
+            select(outbox.c.payload).where(outbox.c.id.in_(result.outbox_ids))
+            .order_by(outbox.c.id))]
+    assert payloads and all(p["pressed"] == {"message_id": 7} for p in payloads)
+    assert [p["turn"]["first"] for p in payloads] == [True] + [False] * (len(payloads) - 1)
+    turn = payloads[0]["turn"]
+    assert turn["answered"] == {"R1_name": "Maria Lopez"} and not turn["stale"]
+    assert turn["awaiting"] == result.state["slot"] != "R1_name"

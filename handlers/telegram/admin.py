@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from telegram.constants import ChatAction
 
@@ -15,7 +15,11 @@ from bot.i18n import LANGUAGES
 from handlers.telegram.translate import TelegramEvent
 
 if TYPE_CHECKING:
-    from bot.app import App
+    from collections.abc import Iterable, Mapping
+
+    from bot.i18n import Translations
+    from bot.questionnaire import Questionnaire
+    from bot.service import ConversationService
     from handlers.telegram.sender import TelegramSender
 
 logger = logging.getLogger(__name__)
@@ -72,24 +76,34 @@ class AdminCommands:
     """Runs /export and /stats for the user ids in CAPBOT_TELEGRAM_ADMINS; others are refused
     politely and get no data. Every command is recorded in the inbound log."""
 
-    def __init__(self, app: App, sender: TelegramSender, notify: Notify) -> None:
-        self.app = app
+    def __init__(self, *, service: ConversationService, translations: Translations,
+                 database: Any, questionnaires: Mapping[str, Questionnaire],
+                 admins: Iterable[int], sender: TelegramSender, notify: Notify) -> None:
+        self.service = service
+        self.translations = translations
+        self.database = database  # read by the reports (storage.db.Database)
+        self.questionnaires = questionnaires
+        self.admins = frozenset(admins)
         self.sender = sender
         self.notify = notify
-        self.admins = frozenset(app.settings.telegram_admins)
+
+    @property
+    def questionnaire(self) -> Questionnaire:
+        """The default questionnaire: what /stats and /export show unless told otherwise."""
+        return self.questionnaires[self.service.default_questionnaire]
 
     def is_admin(self, user_id: int | None) -> bool:
         return user_id is not None and user_id in self.admins
 
     async def handle(self, event: TelegramEvent, lang: str) -> None:
         allowed = self.is_admin(event.user_id)
-        fresh = await self.app.service.record_unprocessed(
+        fresh = await self.service.record_unprocessed(
             channel="telegram", message_id=event.message_id, user_id=event.address,
             kind="command", payload=event.raw, status="processed" if allowed else "rejected",
             reason=f"/{event.command} by an admin" if allowed else "not an admin")
         if not fresh or event.chat_id is None:
             return  # a redelivered update: done the first time
-        tr = self.app.translations
+        tr = self.translations
         if not allowed:
             logger.info("refused /%s from user %s", event.command, event.user_id)
             await self.notify(event.chat_id, tr.t(lang, "telegram.admin_only"), lang, None)
@@ -102,9 +116,9 @@ class AdminCommands:
     async def _stats(self, chat: int, lang: str) -> None:
         from reports.stats import collect_stats, format_stats
 
-        tr = self.app.translations
+        tr = self.translations
         try:
-            stats = await collect_stats(self.app.database, self.app.questionnaire, tr)
+            stats = await collect_stats(self.database, self.questionnaire, tr)
             text = format_stats(stats, lang)
         except Exception:
             logger.exception("/stats failed")
@@ -116,12 +130,12 @@ class AdminCommands:
         from reports.csvfiles import export_zip
         from reports.options import ExportOptionError
 
-        tr = self.app.translations
+        tr = self.translations
         try:
             options = parse_export_args(args)
             if options.questionnaire is None:
-                options = replace(options, questionnaire=self.app.questionnaire.id)
-            options.pick_questionnaire(self.app.questionnaires)
+                options = replace(options, questionnaire=self.questionnaire.id)
+            options.pick_questionnaire(self.questionnaires)
         except ExportOptionError as exc:
             text = tr.t(lang, "telegram.export_failed", error=str(exc))
             await self.notify(chat, text + "\n" + tr.t(lang, "telegram.export_usage"), lang,
@@ -134,7 +148,7 @@ class AdminCommands:
             logger.debug("chat action failed", exc_info=True)
         buffer = io.BytesIO()
         try:
-            summary = await export_zip(self.app.database, self.app.questionnaires, tr, options,
+            summary = await export_zip(self.database, self.questionnaires, tr, options,
                                        buffer)
         except Exception as exc:
             logger.exception("/export failed")

@@ -42,7 +42,12 @@ from handlers.telegram.translate import (
 )
 
 if TYPE_CHECKING:
-    from bot.app import App
+    from collections.abc import Mapping
+
+    from bot.config import Settings
+    from bot.i18n import Translations
+    from bot.questionnaire import Questionnaire
+    from bot.service import ConversationService
 
 logger = logging.getLogger(__name__)
 
@@ -73,27 +78,36 @@ class NotKeptError(Exception):
 
 
 class TelegramChannel:
-    """`capbot serve`'s Telegram channel: `await start()`, `await stop()`."""
+    """`capbot serve`'s Telegram channel: `await start()`, `await stop()`. Built by
+    bot/server.py (`telegram_channel`) with what it uses: the service (turns, records,
+    notices), the settings, the catalogs, the questionnaires (button data, /export) and the
+    database (its outbox rows, read by /export and /stats)."""
 
     name = CHANNEL
 
-    def __init__(self, app: App, *, concurrency: int = 256, poll_timeout: float = 10.0,
+    def __init__(self, *, service: ConversationService, settings: Settings,
+                 translations: Translations, questionnaires: Mapping[str, Questionnaire],
+                 database: Any, concurrency: int = 256, poll_timeout: float = 10.0,
                  start_attempts: int = 5) -> None:
-        self.app = app
+        self.service = service
+        self.settings = settings
+        self.translations = translations
         self.start_attempts = start_attempts
-        self.settings = app.settings
-        if not self.settings.telegram_token:
+        if not settings.telegram_token:
             raise ValueError("TelegramChannel needs CAPBOT_TELEGRAM_TOKEN")
         self.poll_timeout = poll_timeout
-        self.codec = CallbackCodec.for_questionnaires(app.questionnaires.values())
+        self.codec = CallbackCodec.for_questionnaires(questionnaires.values())
         self.processor = PerChatUpdateProcessor(concurrency)
         self.application = self._build_application()
         self.sender = TelegramSender(self.application.bot, self.codec)
-        self.dispatcher = OutboxDispatcher(app.database, CHANNEL, self.sender.send,
+        self.dispatcher = OutboxDispatcher(database, CHANNEL, self.sender.send,
                                            on_unreachable=self._unreachable,
                                            max_attempts=30, concurrency=concurrency,
-                                           lease=app.settings.outbox_lease_seconds)
-        self.admin = AdminCommands(app, self.sender, self.notify)
+                                           lease=settings.outbox_lease_seconds)
+        self.admin = AdminCommands(
+            service=service, translations=translations, database=database,
+            questionnaires=questionnaires, admins=settings.telegram_admins,
+            sender=self.sender, notify=self.notify)
         self.throttle = InboundThrottle(self.settings.telegram_inbound_limit,
                                         self.settings.telegram_inbound_window)
         self._intake: Poller | WebhookServer | None = None
@@ -169,7 +183,7 @@ class TelegramChannel:
         application = self.application
         self._bot_id, self._bot_username = application.bot.id, application.bot.username
         if not self._listening:
-            self.app.service.on_outbox(self._on_outbox)
+            self.service.on_outbox(self._on_outbox)
             self._listening = True
         self._running = True
         await self.dispatcher.start()  # replies left pending by the last run go first
@@ -228,7 +242,7 @@ class TelegramChannel:
     async def set_commands(self) -> None:
         """The command menu in each language (Telegram picks by the user's app language);
         admins also see /export and /stats."""
-        tr = self.app.translations
+        tr = self.translations
         bot = self.application.bot
 
         def commands(lang: str, names: tuple[str, ...]) -> list[BotCommand]:
@@ -294,13 +308,13 @@ class TelegramChannel:
         if event.route == "turn":
             await self._turn(event)
         elif event.route == "admin":
-            await self.admin.handle(event, self.chat_language(event))
+            await self.admin.handle(event, await self.chat_language(event))
         elif event.route == "group":
             await self._group(event)
         elif event.route == "edited":
             if await self._record_event(event, "ignored") and event.chat_id is not None:
-                lang = self.chat_language(event)
-                await self.notify(event.chat_id, self.app.translations.t(
+                lang = await self.chat_language(event)
+                await self.notify(event.chat_id, self.translations.t(
                     lang, "telegram.edited_ignored"), lang)
         elif event.route == "member":
             await self._member(event)
@@ -312,9 +326,9 @@ class TelegramChannel:
         assert inbound is not None
         if inbound.kind == "start" and inbound.payload:  # t.me/<bot>?start=<invitation token>
             secret = (self.settings.secret_key or "").encode() or None
-            result = await self.app.service.links.start_with_token(inbound, secret)
+            result = await self.service.links.start_with_token(inbound, secret)
         else:
-            result = await self.app.service.handle(inbound)
+            result = await self.service.handle(inbound)
         if not result.kept:
             # Stored nowhere, not even in the spool: left unconfirmed, so Telegram still holds
             # it and hands it out again (polling retries it; a webhook answers 500). No note
@@ -322,8 +336,8 @@ class TelegramChannel:
             raise NotKeptError(f"update {event.update_id}: the database and the spool refused it")
         if result.failed and not result.outbox and event.chat_id is not None:
             # The database refused the turn, so no reply could be committed: say so directly.
-            lang = self.chat_language(event)
-            self._spawn(self._say_directly(event.chat_id, self.app.translations.t(
+            lang = await self.chat_language(event, stored=False)
+            self._spawn(self._say_directly(event.chat_id, self.translations.t(
                 lang, "error_internal")))
 
     async def _throttled(self, event: TelegramEvent, notice: bool) -> None:
@@ -334,8 +348,8 @@ class TelegramChannel:
                                    "throttled", reason)
         if fresh and notice and event.chat_id is not None:
             logger.info("telegram: chat %s is over the inbound rate; throttled", event.chat_id)
-            lang = self.chat_language(event)
-            await self.notify(event.chat_id, self.app.translations.t(
+            lang = await self.chat_language(event)
+            await self.notify(event.chat_id, self.translations.t(
                 lang, "telegram.throttled"), lang)
 
     async def _group(self, event: TelegramEvent) -> None:
@@ -350,7 +364,7 @@ class TelegramChannel:
         lang = language_of(event.language_hint)
         bot = f"@{self._bot_username}" if self._bot_username else "@bot"
         await self.notify(event.chat_id,
-                          self.app.translations.t(lang, "telegram.group_refused", bot=bot), lang)
+                          self.translations.t(lang, "telegram.group_refused", bot=bot), lang)
 
     async def _member(self, event: TelegramEvent) -> None:
         if not await self._record_event(event, "processed") or event.address is None:
@@ -361,10 +375,21 @@ class TelegramChannel:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def chat_language(self, event: TelegramEvent) -> str:
-        """The language of the chat's last reply, else the user's Telegram app language."""
-        if event.chat_id is not None and event.chat_id in self.sender.languages:
-            return self.sender.languages[event.chat_id]
+    async def chat_language(self, event: TelegramEvent, *, stored: bool = True) -> str:
+        """The language of the chat's last reply (a cache), else the respondent's stored
+        conversation language (one indexed read, for a notice; `stored=False` when the
+        database is what failed), else the user's Telegram app language."""
+        chat = event.chat_id
+        if chat is not None and chat in self.sender.languages:
+            return self.sender.languages[chat]
+        if stored and event.address is not None:
+            try:
+                lang = await self.service.language_of(CHANNEL, event.address)
+            except Exception as exc:  # only a notice's language: the app's will do
+                logger.warning("telegram: cannot read chat %s's language: %s", chat, exc)
+                lang = None
+            if lang in LANGUAGES:
+                return lang
         return language_of(event.language_hint)
 
     async def notify(self, chat: int, text: str, lang: str, fmt: str | None = None) -> None:
@@ -374,7 +399,7 @@ class TelegramChannel:
                                    "progress": None, "choices": []}
         if fmt:
             payload["format"] = fmt
-        await self.app.service.send_later([{"channel": CHANNEL, "address": str(chat),
+        await self.service.send_later([{"channel": CHANNEL, "address": str(chat),
                                             "payload": payload}])
 
     async def _record_event(self, event: TelegramEvent, status: str) -> bool:
@@ -385,7 +410,7 @@ class TelegramChannel:
                       status: str, reason: str | None) -> bool:
         """Keep an update that does not reach the engine; False if it was seen before. Raises
         when the database refuses it: the update is then not confirmed to Telegram."""
-        return await self.app.service.record_unprocessed(
+        return await self.service.record_unprocessed(
             channel=CHANNEL, message_id=message_id, user_id=address, kind=kind[:16],
             payload=raw, status=status, reason=reason or "")
 
@@ -406,7 +431,7 @@ class TelegramChannel:
         await self._set_unreachable(item.address, True)
 
     async def _set_unreachable(self, address: str, unreachable: bool) -> None:
-        changed = await self.app.service.set_unreachable(CHANNEL, address, unreachable)
+        changed = await self.service.set_unreachable(CHANNEL, address, unreachable)
         if changed:
             logger.info("telegram: chat %s is %s", address,
                         "unreachable (bot blocked)" if unreachable else "reachable again")

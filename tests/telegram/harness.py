@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import select
 
 from bot.app import App
+from bot.server import telegram_channel
 from handlers.telegram.channel import TelegramChannel
 from testkit.fake_bot_api import ChatMessage, FakeBotApi, SimulatedUser
 
@@ -44,7 +45,7 @@ def settings_for(api: FakeBotApi, **extra: Any) -> dict[str, Any]:
 async def running(make_app, database_url: str, api: FakeBotApi,
                   **extra: Any) -> AsyncIterator[Running]:
     app = await make_app(database_url, **settings_for(api, **extra))
-    channel = TelegramChannel(app, poll_timeout=5)
+    channel = telegram_channel(app, poll_timeout=5)
     await channel.start()
     try:
         yield Running(app, channel, api)

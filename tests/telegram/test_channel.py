@@ -17,8 +17,9 @@ import aiohttp
 import pytest
 
 from bot.i18n import LANGUAGES
+from bot.server import telegram_channel
 from handlers.telegram.admin import parse_export_args
-from handlers.telegram.channel import TelegramChannel, file_url, webhook_secret
+from handlers.telegram.channel import file_url, webhook_secret
 from handlers.telegram.ratelimit import ChatLimiters
 from handlers.telegram.translate import (
     MAX_CALLBACK_DATA,
@@ -681,8 +682,8 @@ async def test_start_fails_clearly_on_a_wrong_token_or_unreachable_api(make_app,
 
     app = await make_app(sqlite_url, **settings_for(api, telegram_token="42:wrong-token"))
     with pytest.raises(ConfigError, match="CAPBOT_TELEGRAM_TOKEN"):
-        await TelegramChannel(app).start()
+        await telegram_channel(app).start()
     nowhere = f"http://127.0.0.1:{_free_port()}/bot"
     app = await make_app(sqlite_url, **settings_for(api, telegram_api_url=nowhere))
     with pytest.raises(ConfigError, match="CAPBOT_TELEGRAM_API_URL"):
-        await TelegramChannel(app, start_attempts=1).start()
+        await telegram_channel(app, start_attempts=1).start()

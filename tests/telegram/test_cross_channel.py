@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection
 
 from bot.app import App
 from bot.invite_tokens import make_invite_token
+from bot.server import telegram_channel
 from handlers.email.channel import EmailChannel
 from handlers.telegram.channel import TelegramChannel
 from reports.csvfiles import export_dir
@@ -103,7 +104,7 @@ async def invite(r: Round, *, email: str = AMINA, language: str = "fr",
 @pytest.fixture
 async def telegram_only(make_app, database_url: str, api: FakeBotApi) -> AsyncIterator[Round]:
     app = await make_app(database_url, **settings_for(api, secret_key=SECRET.decode()))
-    channel = TelegramChannel(app, poll_timeout=5)
+    channel = telegram_channel(app, poll_timeout=5)
     await channel.start()
     try:
         yield Round(app, channel, api, None)
@@ -116,7 +117,7 @@ async def both(make_app, database_url: str, api: FakeBotApi, imap_server: ImapSe
                smtp_server: SmtpCapture) -> AsyncIterator[Round]:
     app = await make_app(database_url, **settings_for(api),
                          **email_settings(imap_server, smtp_server.port))
-    telegram = TelegramChannel(app, poll_timeout=5)
+    telegram = telegram_channel(app, poll_timeout=5)
     mail = EmailChannel(app)
     await telegram.start()
     await mail.start()

@@ -1,5 +1,6 @@
-"""A reply sent by another process than the one that ran its turn tidies the chat the same way:
-what the turn did travels in the outbox payload, not in the sender's memory."""
+"""What a restarted process (or another replica) knows without the first one's memory: a reply
+it sends tidies the chat the same way (what the turn did travels in the outbox payload), and a
+notice speaks the conversation's language (stored with the respondent)."""
 
 from __future__ import annotations
 
@@ -65,3 +66,16 @@ async def test_pending_reply_sent_after_a_restart_tidies_the_pressed_question(
         assert user.last_message.text == control.last_message.text  # the next question
         assert {r.status for r in await bot.rows(outbox)} == {"sent"}
 
+
+
+async def test_a_notice_after_a_restart_speaks_the_conversation_language(
+        make_app, sqlite_url, api) -> None:
+    user = api.user(7101, language_code="en")  # the app in English, the conversation French
+    async with running(make_app, sqlite_url, api) as bot:
+        await bot.step(lambda: user.send_command("/start"))
+        await bot.step(act(user, "choice", "fr"))
+        await bot.step(act(user, "text", "Marie Curie"))
+    await bot.app.close()
+    async with running(make_app, sqlite_url, api) as bot:  # nothing cached about the chat
+        await bot.step(lambda: user.edit_last_text("Marie Sklodowska-Curie"))
+        assert user.last_message.text == bot.app.translations.t("fr", "telegram.edited_ignored")
