@@ -11,6 +11,7 @@ from bot.config import ConfigError, Settings
 from bot.engine import Engine
 from bot.i18n import Translations
 from bot.language import LanguageDetector, get_detector
+from bot.leaders import Leaders
 from bot.questionnaire import Questionnaire, default_questionnaire, load_questionnaires
 from bot.service import ConversationService
 from bot.spool import Spool
@@ -29,12 +30,14 @@ class App:
     detector: LanguageDetector
     database: Database
     service: ConversationService
+    leaders: Leaders  # singleton jobs (IMAP ingest, long polling, reminders): bot/leaders.py
 
     @property
     def db(self) -> AsyncEngine:
         return self.database.engine
 
     async def close(self) -> None:
+        await self.leaders.close()
         await self.service.close()
         await self.database.dispose()
         if self.service.spool is not None:
@@ -72,4 +75,4 @@ async def build_app(settings: Settings, *, migrate: bool = True) -> App:
     except Exception as exc:  # they stay in the spool for the next start
         logger.warning("messages in the spool %s could not be stored yet: %s", spool.path, exc)
     return App(settings, questionnaires, chosen, translations, engines, detector, database,
-               service)
+               service, Leaders(database, check=settings.leader_check_seconds))

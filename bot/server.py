@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+REMINDERS_JOB = "reminders"  # the leader job of the reminder scheduler
+
 NOTHING_CONFIGURED = """\
 capbot serve: no channel is configured, so there is nothing to serve.
 Configure at least one (environment variables, or a .env file in this directory):
@@ -44,7 +46,7 @@ def telegram_channel(app: App, **options: Any) -> TelegramChannel:
 
     return TelegramChannel(service=app.service, settings=app.settings,
                            translations=app.translations, questionnaires=app.questionnaires,
-                           database=app.database, **options)
+                           database=app.database, leaders=app.leaders, **options)
 
 
 def build_channels(app: App) -> list[Channel]:
@@ -95,18 +97,18 @@ async def serve(settings: Settings, *, stop_event: asyncio.Event | None = None) 
             started.append(channel)
             logger.info("channel %s started", channel.name)
         if settings.reminders:
-            scheduler = build_scheduler(app, started)
-            # The one call site of a singleton job: when PostgreSQL leaders (bot/leaders.py)
-            # land, start the scheduler only while this replica leads "reminders". Until
-            # then two replicas both run it; the conditional count in storage/
-            # reminders_store.py still reminds nobody twice.
-            await scheduler.start()
-            logger.info("reminders: on (every %.0f s)", settings.reminder_check_seconds)
+            scheduler = job = build_scheduler(app, started)
+            # A singleton job: it runs only in the replica leading "reminders"
+            # (bot/leaders.py; at once on SQLite). Were two to run, the conditional count
+            # in storage/reminders_store.py would still remind nobody twice.
+            await app.leaders.run(REMINDERS_JOB, lambda: job)
+            logger.info("reminders: on (every %.0f s, in the replica leading %r)",
+                        settings.reminder_check_seconds, REMINDERS_JOB)
         await stop.wait()
         logger.info("stopping")
     finally:
         if scheduler is not None:
-            await scheduler.stop()
+            await app.leaders.stop(REMINDERS_JOB)  # stops the scheduler where it ran
         for channel in reversed(started):
             try:
                 await channel.stop()

@@ -47,6 +47,7 @@ from .unsubscribe import unsubscribe_request, unsubscribe_words
 
 if TYPE_CHECKING:
     from bot.app import App
+    from bot.leaders import Leadership
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ class EmailChannel:
             idle_seconds=s.imap_idle_seconds, poll_seconds=s.imap_poll_seconds,
             use_idle=None if s.imap_use_idle else False, max_bytes=s.email_max_bytes),
             self.handle_batch)
+        self._ingest: Leadership | None = None
         self._failures: dict[str, int] = {}
         self._intake = asyncio.Lock()
         self._tails: dict[str, asyncio.Future] = {}  # sender -> their latest message's turn
@@ -126,10 +128,13 @@ class EmailChannel:
         await self._seed_budget()
         self.service.on_outbox(self.dispatcher.enqueue)
         await self.dispatcher.start()  # mail left pending by a crash goes first
-        self.watcher.start()
+        # Every replica sends mail; one at a time reads this mailbox (bot/leaders.py).
+        self._ingest = await self.app.leaders.run(self.watcher.job_name, self.watcher.as_job)
 
     async def stop(self) -> None:
-        await self.watcher.stop()
+        if self._ingest is not None:
+            await self._ingest.stop()
+            self._ingest = None
         await self.dispatcher.stop()
         await self.sender.close()
 

@@ -136,7 +136,20 @@ class ImapWatcher:
     # -- life cycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start watching (again, after a stop: a replica leading ingest once more)."""
+        if self._task is not None and not self._task.done():
+            return
+        self._stop = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="imap-watcher")
+
+    @property
+    def job_name(self) -> str:
+        """The leader job reading this mailbox (bot/leaders.py): one per user, server, folder."""
+        c = self.config
+        return f"imap:{c.user}@{c.host}:{c.effective_port}/{c.folder}"
+
+    def as_job(self) -> WatcherJob:
+        return WatcherJob(self)
 
     async def stop(self, grace: float = 10.0) -> None:
         """Let the current batch finish (commit and move), then log out."""
@@ -390,6 +403,19 @@ class ImapWatcher:
             stop.cancel()
         if self._lost.is_set() and not self._stop.is_set():
             raise ConnectionLost("connection lost while waiting")
+
+
+class WatcherJob:
+    """The watcher as a leader's job (`await start()`, `await stop()`)."""
+
+    def __init__(self, watcher: ImapWatcher) -> None:
+        self.watcher = watcher
+
+    async def start(self) -> None:
+        self.watcher.start()
+
+    async def stop(self) -> None:
+        await self.watcher.stop()
 
 
 def _text(response: Any) -> str:

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
     from bot.config import Settings
     from bot.i18n import Translations
+    from bot.leaders import Leaders, Leadership
     from bot.questionnaire import Questionnaire
     from bot.service import ConversationService
 
@@ -56,6 +57,7 @@ ALLOWED_UPDATES = ("message", "edited_message", "callback_query", "my_chat_membe
 USER_COMMANDS = ("start", "back", "skip", "review", "language", "help", "cancel", "email",
                  "stop")
 ADMIN_COMMANDS = ("export", "stats")
+POLLING_JOB = "telegram-polling"  # the leader job of long polling
 GROUP_NOTE_INTERVAL = 600.0  # seconds: explain at most this often per group
 
 
@@ -87,9 +89,13 @@ class TelegramChannel:
 
     def __init__(self, *, service: ConversationService, settings: Settings,
                  translations: Translations, questionnaires: Mapping[str, Questionnaire],
-                 database: Any, concurrency: int = 256, poll_timeout: float = 10.0,
-                 start_attempts: int = 5) -> None:
+                 database: Any, leaders: Leaders | None = None, concurrency: int = 256,
+                 poll_timeout: float = 10.0, start_attempts: int = 5) -> None:
         self.service = service
+        # Long polling is one consumer: with `leaders`, only the replica leading the
+        # "telegram-polling" job polls (bot/leaders.py). Webhook mode needs no leader.
+        self.leaders = leaders
+        self._polling: Leadership | None = None
         self.settings = settings
         self.translations = translations
         self.start_attempts = start_attempts
@@ -199,19 +205,28 @@ class TelegramChannel:
             await self._intake.start()
             logger.info("telegram: webhook on %s:%s for %s", s.telegram_webhook_listen,
                         s.telegram_webhook_port, url)
+        elif self.leaders is not None:
+            self._polling = await self.leaders.run(POLLING_JOB, self._poller)
         else:
-            self._intake = Poller(application.bot, self.dispatch, timeout=self.poll_timeout,
-                                  allowed_updates=ALLOWED_UPDATES)
-            await self._intake.start()
-            logger.info("telegram: long polling as @%s", self._bot_username)
+            await self._poller().start()
         await self.set_commands()
+
+    def _poller(self) -> Poller:
+        """A fresh poller, for each time this replica leads the polling."""
+        self._intake = Poller(self.application.bot, self.dispatch, timeout=self.poll_timeout,
+                              allowed_updates=ALLOWED_UPDATES)
+        logger.info("telegram: long polling as @%s", self._bot_username)
+        return self._intake
 
     async def stop(self) -> None:
         """Stop fetching, finish the updates already fetched, send what they committed."""
         application = self.application
-        if self._intake is not None:
+        if self._polling is not None:
+            await self._polling.stop()  # stops its poller
+            self._polling = None
+        elif self._intake is not None:
             await self._intake.stop()
-            self._intake = None
+        self._intake = None
         if application.running:
             await application.stop()
         for task in list(self._tasks):
