@@ -27,6 +27,7 @@ from storage.db import Database
 from storage.store import OutboxRow
 
 logger = logging.getLogger(__name__)
+LEASE_POLL = 2.0  # seconds: how often to ask about a row another holder has leased
 
 
 # A committed outbox row: id, channel, address, payload, respondent_id.
@@ -206,6 +207,7 @@ class OutboxDispatcher:
         database refuses writes: sending without a committed claim could send twice.
         """
         delay = 0.1
+        told = False
         while True:
             now = datetime.now(UTC)
             try:
@@ -221,9 +223,13 @@ class OutboxDispatcher:
             if holder is None:  # already sent, failed or coalesced
                 return False
             wait = (holder - now).total_seconds()
-            logger.info("%s: row %d is leased for %.0fs more; waiting", self.channel, item.id,
-                        wait)
-            await asyncio.sleep(max(0.05, wait))
+            if not told and wait > 1:
+                logger.info("%s: row %d is leased for %.0fs more; waiting", self.channel,
+                            item.id, wait)
+                told = True
+            # Another replica may be sending it right now: ask again every few seconds
+            # whether it was marked sent, rather than sleeping out the whole lease.
+            await asyncio.sleep(min(max(0.05, wait), LEASE_POLL))
 
     async def _claim_together(self, row_id: int) -> tuple[bool, datetime | None]:
         """One commit claims the rows of every sender that asks at about the same moment."""
@@ -314,16 +320,23 @@ class OutboxDispatcher:
         while True:
             await asyncio.sleep(self.sweep_interval)
             try:
-                found = await self._sweep()
+                found = await self._sweep(recent_too=False)
             except Exception as exc:
                 self._database_refused("look for pending replies", exc)
                 continue
             if found:
                 logger.info("%s: %d pending replies picked up", self.channel, found)
 
-    async def _sweep(self) -> int:
+    async def _sweep(self, *, recent_too: bool = True) -> int:
+        # At start every pending row (left by a crash; claims settle races with replicas
+        # running). Later, on PostgreSQL, only rows older than a lease: younger ones are most
+        # likely in the queue of the replica that committed them, and taking them here would
+        # race it for nothing (no double send either way: the claim decides) and could send
+        # a chat's second reply before the other replica's first.
+        before = None if recent_too or self.db.is_sqlite else \
+            datetime.now(UTC) - timedelta(seconds=self.lease)
         rows = await self.db.transaction(functools.partial(
-            repo.pending_outbox, channel=self.channel, limit=100_000))
+            repo.pending_outbox, channel=self.channel, limit=100_000, created_before=before))
         # Rows queued, or sent and not yet marked, are ours already. A row sent and marked
         # after this read is refused by its claim, so it cannot go out twice.
         fresh = [r for r in rows if r["id"] not in self._queued

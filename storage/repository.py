@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
@@ -159,9 +159,15 @@ def insert_outbox(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
     return list(result.scalars())
 
 
-def pending_outbox(conn: Connection, channel: str, limit: int = 500) -> list[Any]:
-    stmt = (select(outbox).where(and_(outbox.c.status == "pending", outbox.c.channel == channel))
-            .order_by(outbox.c.id).limit(limit))
+def pending_outbox(conn: Connection, channel: str, limit: int = 500,
+                   created_before: datetime | None = None) -> list[Any]:
+    """Pending rows of a channel, oldest first; `created_before`: only rows older than that
+    (the periodic sweep of a replica leaves the rows other replicas just committed to
+    them)."""
+    where = [outbox.c.status == "pending", outbox.c.channel == channel]
+    if created_before is not None:
+        where.append(outbox.c.created_at <= created_before)
+    stmt = select(outbox).where(and_(*where)).order_by(outbox.c.id).limit(limit)
     return list((conn.execute(stmt)).mappings())
 
 
@@ -187,11 +193,50 @@ def claim_outbox(conn: Connection, *, row_id: int, owner: str, now: datetime,
     return False, held if held.tzinfo else held.replace(tzinfo=UTC)
 
 
+CLAIM_BUSY = timedelta(seconds=0.2)  # ask again this soon about a row another claim locks
+
+
 def claim_outbox_rows(conn: Connection, *, row_ids: Sequence[int], owner: str, now: datetime,
                       until: datetime) -> dict[int, tuple[bool, datetime | None]]:
-    """claim_outbox for several rows in one transaction (one durable commit for all)."""
-    return {row_id: claim_outbox(conn, row_id=row_id, owner=owner, now=now, until=until)
-            for row_id in row_ids}
+    """claim_outbox for several rows in one transaction (one durable commit for all).
+
+    On PostgreSQL the free rows are locked with FOR UPDATE SKIP LOCKED: a row that another
+    replica is claiming or marking at this moment is skipped, not waited for, and reported
+    held for CLAIM_BUSY (the caller asks again; by then that claim is committed and its
+    lease tells who sends)."""
+    if conn.dialect.name != "postgresql":
+        return {row_id: claim_outbox(conn, row_id=row_id, owner=owner, now=now, until=until)
+                for row_id in row_ids}
+    ids = sorted(set(row_ids))
+    free = or_(outbox.c.lease_until.is_(None), outbox.c.lease_until <= now,
+               outbox.c.lease_owner == owner)
+    mine = set(conn.execute(
+        select(outbox.c.id).where(and_(outbox.c.id.in_(ids), outbox.c.status == "pending",
+                                       free))
+        .with_for_update(skip_locked=True)).scalars())
+    if mine:
+        conn.execute(update(outbox).where(outbox.c.id.in_(sorted(mine))).values(
+            attempts=outbox.c.attempts + 1, lease_owner=owner, lease_until=until))
+    results: dict[int, tuple[bool, datetime | None]] = {
+        row_id: (True, None) for row_id in mine}
+    others = [row_id for row_id in ids if row_id not in mine]
+    if others:
+        found = {row.id: row for row in conn.execute(
+            select(outbox.c.id, outbox.c.status, outbox.c.lease_until)
+            .where(outbox.c.id.in_(others)))}
+        for row_id in others:
+            row = found.get(row_id)
+            if row is None or row.status != "pending":
+                results[row_id] = (False, None)
+            elif row.lease_until is None or _aware(row.lease_until) <= now:
+                results[row_id] = (False, now + CLAIM_BUSY)  # locked by a claim under way
+            else:
+                results[row_id] = (False, _aware(row.lease_until))
+    return {row_id: results[row_id] for row_id in row_ids}
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def mark_outbox(conn: Connection, ids: Sequence[int], **values: Any) -> None:
