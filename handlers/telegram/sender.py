@@ -165,7 +165,7 @@ class TelegramSender:
                 if known:
                     current.buttons = False  # type: ignore[union-attr]
             elif pressed.slot != hint.awaiting:  # answered: moved on
-                record = current.record_html if known else pressed.record_html  # type: ignore[union-attr]
+                record = current.record_html if known else pressed.record_html()  # type: ignore[union-attr]
                 display = hint.answered.get(pressed.slot or "") or pressed.label or ""
                 await self._close(chat, pressed.message_id, record, display)
                 if known:

@@ -151,21 +151,26 @@ class Pressed:
     slot: str | None
     code: str | None
     label: str | None  # the pressed button's text
-    # How the message reads once answered: its HTML without the numbered option list ("" for
-    # an inaccessible old message). Used when this process did not send it (a restart).
-    record_html: str
+    text: str  # the message's text as Telegram shows it ("" for an inaccessible old message)
+    entities: tuple[Mapping[str, Any], ...] = ()  # its formatting
 
     def to_json(self) -> dict[str, Any]:
         """As the turn's replies carry it (Inbound.reply_path, then the outbox payload)."""
         return {"message_id": self.message_id, "slot": self.slot, "code": self.code,
-                "label": self.label, "record_html": self.record_html}
+                "label": self.label, "text": self.text, "entities": list(self.entities)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | None) -> Pressed | None:
         if not isinstance(data, Mapping) or not data.get("message_id"):
             return None
         return cls(int(data["message_id"]), data.get("slot"), data.get("code"),
-                   data.get("label"), str(data.get("record_html") or ""))
+                   data.get("label"), str(data.get("text") or ""),
+                   tuple(data.get("entities") or ()))
+
+    def record_html(self) -> str:
+        """How the message reads once answered, for a message this process did not send (a
+        restart): only then worth the HTML's cost (about 0.6 ms)."""
+        return record_of(self.text, self.entities)
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,17 +319,19 @@ def _button_label(message: Mapping[str, Any], data: str | None) -> str | None:
 _OPTION_LINE = re.compile(rf"^(?:{SELECTED_MARK})?\d+\. ")
 
 
-def record_of(message: Mapping[str, Any]) -> str:
+def record_of(text: str, entities: Iterable[Mapping[str, Any]]) -> str:
     """A question message as it should read once answered, from what Telegram shows: its
     formatting (entities) as HTML, without the numbered option list render_reply adds."""
-    if not message.get("text"):
+    if not text:
         return ""
     try:
         from telegram import Message
 
-        html_text = Message.de_json(dict(message), None).text_html
+        html_text = Message.de_json({"message_id": 0, "date": 0, "text": text,
+                                     "chat": {"id": 0, "type": "private"},
+                                     "entities": list(entities)}, None).text_html
     except Exception:  # unreadable entities: the plain text will do
-        html_text = escape(str(message["text"]))
+        html_text = escape(text)
     head, sep, tail = html_text.rpartition("\n\n")
     if sep and head and all(_OPTION_LINE.match(line) for line in tail.split("\n")):
         return head
@@ -346,7 +353,8 @@ def _callback(query: Mapping[str, Any], base: dict[str, Any],
     decoded = codec.decode(data)
     slot, code = decoded if decoded else (UNKNOWN_SLOT, "")
     pressed = Pressed(int(message.get("message_id") or 0), slot, code,
-                      _button_label(message, data), record_of(message))
+                      _button_label(message, data), str(message.get("text") or ""),
+                      tuple(message.get("entities") or ()))
     inbound = Inbound(CHANNEL, str(chat.get("id")), base["message_id"], kind="choice",
                       choice=code, for_slot=slot, language_hint=fields.get("language_hint"),
                       display_name=fields.get("display_name"), raw=base["raw"],
