@@ -167,10 +167,18 @@ class TurnStore:
     async def _run_each(self, batch: list[_Job]) -> list[Any]:
         outcomes: list[Any] = []
         for job in batch:
-            try:
-                outcomes.append((await self._run([job], check_duplicates=True))[0])
-            except Exception as exc:
-                outcomes.append(exc)
+            for attempt in range(3):
+                try:
+                    outcomes.append((await self._run([job], check_duplicates=True))[0])
+                except IntegrityError as exc:
+                    # Another replica committed the same message (or created the same new
+                    # respondent) between our check and our insert: look again.
+                    if attempt == 2:
+                        outcomes.append(exc)
+                    continue
+                except Exception as exc:
+                    outcomes.append(exc)
+                break
         return outcomes
 
     async def _run(self, batch: list[_Job], check_duplicates: bool) -> list[TurnRecord]:
