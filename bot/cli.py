@@ -1,4 +1,5 @@
-"""The `capbot` command line: serve, chat, export, stats, remind, detect-language, db upgrade."""
+"""The `capbot` command line: serve, chat, export, stats, invite, remind, detect-language, db
+upgrade."""
 
 from __future__ import annotations
 
@@ -51,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
                             "INTERVAL_DAYS apart, never in CAPBOT_QUIET_HOURS)")
     remind.add_argument("--dry-run", action="store_true",
                         help="list who would be reminded, and why the others not; send nothing")
+    from bot.invite_cli import add_parser as add_invite
+
+    add_invite(sub)
     sub.add_parser("detect-language", help="classify lines of standard input by language")
     box = sub.add_parser("outbox", help="messages waiting to be sent or given up on")
     box_sub = box.add_subparsers(dest="outbox_command", required=True)
@@ -102,6 +106,10 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         from reports.cli import run_stats
 
         return await run_stats(settings, args)
+    if args.command == "invite":
+        from bot.invite_cli import run_invite
+
+        return await run_invite(settings, args)
     if args.command == "remind":
         from bot.remind_cli import run_remind
 

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
                                                       "file, else ./capbot-spool.jsonl")
 
     telegram_token: str | None = None
+    # The bot's @username: invitation mails link to https://t.me/<username>?start=<token>.
+    telegram_bot_username: str | None = Field(None, pattern=r"^@?[A-Za-z][A-Za-z0-9_]{3,31}$")
     telegram_api_url: str | None = Field(None, description="Bot API base URL, e.g. "
                                                            "http://127.0.0.1:8081/bot")
     telegram_admins: Annotated[list[int], NoDecode] = Field(default_factory=list)
@@ -108,6 +110,9 @@ class Settings(BaseSettings):
     email_from: str | None = None
     email_from_name: str | None = None
     email_max_bytes: int = 2_000_000
+    # Invitations and reminders by email, messages a second (0: as fast as SMTP takes them);
+    # replies to a person's own mail are not held back.
+    email_rate: float = Field(10.0, ge=0, description="bulk mails a second")
     email_daily_reply_cap: int = 30
     email_unverified_reply_cap: int = Field(3, ge=0, description=(
         "replies per address per UTC day to mail that is not shown to be that person's "

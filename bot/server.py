@@ -57,11 +57,14 @@ def build_channels(app: App) -> list[Channel]:
     if settings.email_enabled:
         settings.check_email()
         from handlers.email.channel import EmailChannel
+        from handlers.email.invitation_mail import invitation_sender
         from handlers.email.lead import lead_sender
 
         email = EmailChannel(app)
-        # Reminders queued by `capbot remind` or the scheduler are form mails with a lead.
-        email.dispatcher.send = lead_sender(email, email.dispatcher.send)
+        # Reminders queued by `capbot remind` or the scheduler are form mails with a lead;
+        # invitations (`capbot invite`) have their own headers; both go at CAPBOT_EMAIL_RATE.
+        email.dispatcher.send = invitation_sender(
+            email, lead_sender(email, email.dispatcher.send), rate=settings.email_rate)
         channels.append(email)
     return channels
 

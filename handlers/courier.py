@@ -25,6 +25,7 @@ class Courier:
         self.app = app
         self.dispatchers: dict[str, OutboxDispatcher] = {}
         self.sent = 0  # messages handed to a channel without error (progress)
+        self.invitations = None  # the email channel's InvitationBook, when email is on
         self._closers: list = []
 
     @property
@@ -63,13 +64,18 @@ class Courier:
 
     async def _email(self) -> None:
         from handlers.email.channel import EmailChannel
+        from handlers.email.invitation_mail import invitation_sender
         from handlers.email.lead import lead_sender
 
         channel = EmailChannel(self.app)
-        channel.dispatcher.send = lead_sender(channel, channel.dispatcher.send)
+        channel.dispatcher.send = invitation_sender(
+            channel, lead_sender(channel, channel.dispatcher.send),
+            rate=self.app.settings.email_rate)
+        self.invitations = channel.invitations  # invitations sent, counted on their rows
 
         async def close() -> None:
             await channel.dispatcher.stop()
+            await channel.invitations.close()
             await channel.sender.close()
 
         self._closers.append(close)

@@ -195,7 +195,8 @@ def _field_html(f: Field) -> str:
 def build_message(*, from_addr: str, to: str, subject: str, text: str, html_body: str | None,
                   message_id: str, reply_to: str | None = None, in_reply_to: str | None = None,
                   references: Sequence[str] = (), language: str | None = None,
-                  date: datetime | None = None) -> bytes:
+                  date: datetime | None = None, auto_submitted: str = "auto-replied",
+                  suppress: str = "All", extra: Sequence[tuple[str, str]] = ()) -> bytes:
     """The whole message as bytes, ready for SMTP DATA.
 
     from_addr is a header value (see format_address). Bodies are UTF-8 in base64 (no line
@@ -216,8 +217,10 @@ def build_message(*, from_addr: str, to: str, subject: str, text: str, html_body
         headers.append(("References", " ".join(references)))
     if language:
         headers.append(("Content-Language", language))
-    # RFC 3834: we are an automatic responder; Outlook is asked not to auto-reply to us.
-    headers += [("Auto-Submitted", "auto-replied"), ("X-Auto-Response-Suppress", "All"),
+    headers += list(extra)
+    # RFC 3834: we are an automatic responder (or, for mail we start, "auto-generated");
+    # Outlook is asked not to auto-reply to us (an invitation still wants its NDRs back).
+    headers += [("Auto-Submitted", auto_submitted), ("X-Auto-Response-Suppress", suppress),
                 (OWN_MARKER, "1"), ("MIME-Version", "1.0")]
     head = "".join(_header(name, value) for name, value in headers)
     text_part = _part("text/plain; charset=utf-8", text)
