@@ -45,6 +45,9 @@ def verify_invite_token(secret: bytes, token: str) -> int | None:
     body, mac = raw[:_ID_BYTES], raw[_ID_BYTES:]
     if not hmac.compare_digest(_mac(secret, body), mac):
         return None
+    # The last character carries 2 unused bits: only the one spelling make_ gives is genuine.
+    if base64.b32encode(raw).decode().rstrip("=").lower() != token[1:]:
+        return None
     return int.from_bytes(body, "big")
 
 

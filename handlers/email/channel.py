@@ -35,6 +35,7 @@ from bot.outbox import OutboxDispatcher, OutboxItem
 from bot.replycap import UNVERIFIED, ReplyBudget, start_of_day
 
 from .authres import verified_from
+from .bounces import note_bounce
 from .form_reader import FormReader, bare_subject
 from .form_render import FormRenderer
 from .imap import Fetched, ImapConfig, ImapWatcher
@@ -215,8 +216,9 @@ class EmailChannel:
         if kind != "normal":
             logger.info("not answering %s from %s: %s (%s)", mail.message_id, sender, kind,
                         mail.classification.reason)
+            note = await note_bounce(self, fetched.raw) if kind == "bounce" else ""
             await self._record(fetched, mail, status="ignored",
-                               reason=f"{kind}: {mail.classification.reason}")
+                               reason=f"{kind}: {mail.classification.reason}{note}")
             return True
         if self._is_own(sender):
             await self._record(fetched, mail, status="ignored", reason="own_mail: our address")
