@@ -31,11 +31,18 @@ def advisory_key(name: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def lock_for_transaction(conn: Connection, name: str) -> None:
-    """Wait for the transaction-level advisory lock on `name` (released at commit or
-    rollback); nothing on SQLite, where one writer at a time is the rule anyway."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": advisory_key(name)})
+def lock_for_transaction(conn: Connection, name: str) -> bool:
+    """Take the transaction-level advisory lock on `name` (released at commit or rollback),
+    waiting while another session holds it; True if it had to wait. Nothing on SQLite, where
+    one writer at a time is the rule anyway."""
+    if conn.dialect.name != "postgresql":
+        return False
+    key = {"key": advisory_key(name)}
+    if conn.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), key).scalar():
+        return False
+    logger.info("waiting for the %r lock (another process holds it)", name)
+    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), key)
+    return True
 
 
 def lock_engine(url: str) -> AsyncEngine:

@@ -16,8 +16,11 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from storage.advisory import lock_for_transaction
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+MIGRATION_LOCK = "migrations"  # the advisory lock `capbot db upgrade` holds while migrating
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -77,6 +80,10 @@ async def upgrade(engine: AsyncEngine) -> None:
     url = engine.url.render_as_string(hide_password=False)
 
     def run(connection: Connection) -> None:
+        # Replicas starting at once: one migrates, the others wait here, then find the schema
+        # at head (PostgreSQL runs the DDL in this transaction; the lock ends at its commit).
+        if lock_for_transaction(connection, MIGRATION_LOCK):
+            logger.info("another process migrated the schema meanwhile; checking it")
         cfg = alembic_config(url)
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")
