@@ -7,7 +7,6 @@ import codecs
 import contextlib
 import csv
 import email.utils
-import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,10 @@ from pathlib import Path
 from bot.countries import country_table
 
 LANGUAGES = ("ar", "en", "es", "fr", "ru", "zh")
-REQUIRED = ("email",)
+REQUIRED = ("email", "name", "organization", "country", "language")  # org_type optional
+_ALIASES = {"e-mail": "email", "e_mail": "email", "email_address": "email",
+            "organisation": "organization", "organization_type": "org_type",
+            "organisation_type": "org_type"}
 _ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"]+@[^@\s<>()\[\],;:\"]+\.[^@\s<>()\[\],;:\"]+$")
 
 
@@ -45,14 +47,33 @@ class BadRow:
 
 
 def decode(raw: bytes) -> str:
+    """The file's text: a byte-order mark decides, else UTF-16 without one (every other byte
+    zero), else UTF-8, else Windows-1252; bytes that are none of these refuse the file."""
+    if raw.startswith((b"PK\x03\x04", b"\xd0\xcf\x11\xe0")):
+        raise ContactsError(1, "this is an Excel workbook, not CSV: save it with Excel's "
+                               "\"CSV UTF-8\" or \"Unicode Text\"")
     for bom, encoding in ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
                           (codecs.BOM_UTF16_BE, "utf-16")):
         if raw.startswith(bom):
-            return raw.decode(encoding)
+            return _strict(raw, encoding)
+    head = raw[:4000]
+    if len(head) >= 2 and head.count(0) * 3 > len(head):  # UTF-16 without a byte-order mark
+        return _strict(raw, "utf-16-be" if head[0::2].count(0) > head[1::2].count(0)
+                       else "utf-16-le")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        return raw.decode("cp1252", errors="replace")
+        return _strict(raw, "cp1252")
+
+
+def _strict(raw: bytes, encoding: str) -> str:
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        shown = "UTF-8 or Windows-1252" if encoding == "cp1252" else encoding.upper()
+        raise ContactsError(line, f"byte 0x{raw[exc.start]:02x} is not {shown} text: save "
+                                  "the file as \"CSV UTF-8\"") from None
 
 
 def normalize_address(text: str) -> str:
@@ -76,28 +97,47 @@ def normalize_address(text: str) -> str:
 def read_contacts(path: Path, *, org_types: set[str] | None = None
                   ) -> tuple[list[Contact], list[BadRow]]:
     text = decode(Path(path).read_bytes())
-    if not text.strip():
+    if not text.strip(" \t\r\n\ufeff"):
         raise ContactsError(1, "the file is empty")
-    first = text.lstrip().splitlines()[0]
+    lines = text.splitlines(keepends=True)
+    skipped = next(i for i, line in enumerate(lines) if line.strip(" \t\r\n\ufeff"))
+    first = lines[skipped]
     try:
         delimiter = csv.Sniffer().sniff(first, delimiters=",;\t").delimiter
     except csv.Error:
         delimiter = ","
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
-    header = [h.strip().lower() for h in next(reader)]
-    for column in REQUIRED:
-        if column not in header:
-            raise ContactsError(1, f"no {column!r} column (columns: {', '.join(header)})")
-    return check_rows(header, reader, org_types=org_types)
+    reader = csv.reader(lines[skipped:], delimiter=delimiter)
+    header = [_column(h) for h in next(reader)]
+    missing = [column for column in REQUIRED if column not in header]
+    if missing:
+        raise ContactsError(skipped + 1, f"no {', '.join(map(repr, missing))} column"
+                            f"{'s' if len(missing) > 1 else ''} (columns: {', '.join(header)})")
+
+    def numbered():  # (line where the record starts, its values)
+        ended = reader.line_num
+        for values in reader:
+            yield skipped + ended + 1, values
+            ended = reader.line_num
+
+    good, bad = check_rows(header, numbered(), org_types=org_types)
+    if not good and not bad:
+        raise ContactsError(skipped + 2, "no contacts after the header line")
+    return good, bad
+
+
+def _column(name: str) -> str:
+    key = "_".join(name.strip().strip("\ufeff").lower().split())
+    return _ALIASES.get(key, key)
 
 
 def check_rows(header: list[str], rows, *, org_types: set[str] | None = None
                ) -> tuple[list[Contact], list[BadRow]]:
+    """rows: (line number, values) pairs."""
     good: list[Contact] = []
     bad: list[BadRow] = []
     seen: dict[str, int] = {}
     table = country_table()
-    for index, values in enumerate(rows, start=2):
+    for index, values in rows:
         if not any(v.strip() for v in values):
             continue
         row = {k: (values[i].strip() if i < len(values) else "") for i, k in enumerate(header)}

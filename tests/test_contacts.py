@@ -40,7 +40,8 @@ def test_encodings_and_bad_rows(tmp_path, encode):
 
 def test_cp1252(tmp_path):
     path = tmp_path / "c.csv"
-    path.write_bytes("email,name,country\nzoe@example.fr,Zoé Noël,France\n".encode("cp1252"))
+    path.write_bytes("email,name,organization,country,language\n"
+                     "zoe@example.fr,Zoé Noël,Ministère,France,\n".encode("cp1252"))
     (good,), bad = read_contacts(path)
     assert (good.name, good.country, good.language, bad) == ("Zoé Noël", "fra", "en", [])
 
