@@ -236,3 +236,18 @@ async def test_refused_files_send_nothing(make_app, sqlite_url, smtp_server, tmp
     assert message.startswith(f"capbot: {path}:{line}: ") and problem in message
     assert "nothing was sent" in message
     assert smtp_server.messages == [] and await count(app, invitations) == 0
+
+
+async def test_an_address_the_server_refuses_is_undeliverable(
+        make_app, sqlite_url, smtp_server_factory, tmp_path, capsys) -> None:
+    app = await make_app(sqlite_url)
+    smtp = await smtp_server_factory(reject_recipients=["gone@example.org"])
+    path = write(tmp_path, HEADER + "gone@example.org,Ann,Org,Kenya,en,\n"
+                                    "here@example.org,Bob,Org,Kenya,en,\n")
+    assert await run_invite(settings(sqlite_url, smtp, tmp_path), args(path)) == 0
+    assert "1 sent, 1 refused by the mail server" in capsys.readouterr()[0]
+    async with app.db.connect() as conn:
+        rows = {r.email: r for r in (await conn.execute(select(invitations))).all()}
+    assert rows["gone@example.org"].status == "undeliverable"
+    assert "550" in rows["gone@example.org"].undeliverable_reason
+    assert rows["here@example.org"].status == "sent"
