@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     # A reply being sent is leased for this long: a restarted process (or another replica)
     # waits that long before sending again a reply whose send may have been cut off by a crash.
     outbox_lease_seconds: float = Field(60.0, gt=0)
+    # How often each sender looks for pending replies nobody queued (left by a crash, or by a
+    # replica that died: on PostgreSQL those older than a lease).
+    outbox_sweep_seconds: float = Field(30.0, gt=0)
     # Several replicas on PostgreSQL: the leader of a singleton job (IMAP ingest, long
     # polling, reminders) checks its lock's connection this often (bot/leaders.py); a
     # takeover after a replica dies takes about 3.5 times this.

@@ -3,7 +3,7 @@
 #
 #   ./scripts/test.sh [pytest args...]      e.g. ./scripts/test.sh tests/test_servers.py -x
 #
-# As root on Debian it installs missing server packages (Dovecot, PostgreSQL, OpenSSL)
+# As root on Debian it installs missing server packages (Dovecot, PostgreSQL, nginx, OpenSSL)
 # with apt-get; otherwise it says what to install and goes on (tests that need a missing
 # server skip, or fail when CI=true). It creates .venv if needed and installs the project
 # with its test extras, runs `ruff check .`, then pytest; the exit status is pytest's.
@@ -21,6 +21,7 @@ have dovecot && have doveadm || missing+=(dovecot-core)
 [ -x /usr/lib/dovecot/lmtp ] || missing+=(dovecot-lmtpd)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 have openssl || missing+=(openssl)
+have nginx || missing+=(nginx-light)  # the reverse proxy of the two-replica test
 have python3 || missing+=(python3)
 if [ ! -x .venv/bin/python ] && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing+=(python3-venv)

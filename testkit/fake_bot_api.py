@@ -470,6 +470,18 @@ class SimulatedChat:
         return message.data
 
 
+def _update_chat(update: dict[str, Any]) -> object:
+    """The chat an update belongs to (its own id for anything without one)."""
+    for key in ("message", "edited_message", "channel_post", "my_chat_member"):
+        chat = (update.get(key) or {}).get("chat")
+        if chat:
+            return chat.get("id")
+    message = (update.get("callback_query") or {}).get("message") or {}
+    if message.get("chat"):
+        return message["chat"].get("id")
+    return ("update", update.get("update_id"))
+
+
 def _caption(caption: str | None) -> dict[str, str]:
     return {"caption": caption} if caption else {}
 
@@ -515,6 +527,7 @@ class FakeBotApi:
         username: str = "capbot_test_bot",
         webhook_retries: int = 3,
         webhook_retry_delay: float = 0.05,
+        webhook_concurrency: int = 1,
         telegram_limits: bool = False,
     ) -> None:
         self.token = token
@@ -526,6 +539,12 @@ class FakeBotApi:
         self.webhook: dict[str, Any] | None = None
         self.webhook_errors: list[str] = []
         self.webhook_retries, self.webhook_retry_delay = webhook_retries, webhook_retry_delay
+        # Deliveries under way at once (Telegram's max_connections): 1 = one at a time, in
+        # order; more = several chats at once, each chat's updates still one after another.
+        self.webhook_concurrency = webhook_concurrency
+        self.webhook_acknowledged: list[int] = []  # update ids the webhook answered 2xx
+        self.webhook_acknowledged_set: set[int] = set()
+        self.webhook_given_up: list[int] = []  # update ids every delivery attempt failed
         self.port = 0
         self._chats: dict[int, SimulatedChat] = {}
         self._commands: dict[tuple[str, str], list[dict[str, str]]] = {}
@@ -582,7 +601,9 @@ class FakeBotApi:
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
         self.port = self._runner.addresses[0][1]
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-        self._webhook_task = asyncio.create_task(self._deliver_webhook_updates())
+        deliver = (self._deliver_webhook_updates if self.webhook_concurrency <= 1
+                   else self._deliver_webhook_concurrently)
+        self._webhook_task = asyncio.create_task(deliver())
 
     async def stop(self) -> None:
         self._stopping = True
@@ -798,6 +819,42 @@ class FakeBotApi:
                 self._pending.pop(0)
             self._changed.notify()
 
+    async def _deliver_webhook_concurrently(self) -> None:
+        """Up to `webhook_concurrency` deliveries at once, never two of one chat, each chat's
+        updates in order (as Telegram does with max_connections > 1)."""
+        busy: dict[object, asyncio.Task[None]] = {}
+
+        def ready() -> dict[str, Any] | None:
+            if not self.webhook or len(busy) >= self.webhook_concurrency:
+                return None
+            seen: set[object] = set()
+            for update in self._pending:
+                chat = _update_chat(update)
+                if chat not in busy and chat not in seen:
+                    return update
+                seen.add(chat)
+            return None
+
+        async def deliver(chat: object, update: dict[str, Any], hook: dict[str, Any]) -> None:
+            try:
+                await self._post_update(hook, update)
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._pending.remove(update)
+                del busy[chat]
+                self._changed.notify()
+                self._updates_changed.notify()
+
+        try:
+            while True:
+                update = await self._updates_changed.wait_for(ready, None)
+                chat, hook = _update_chat(update), self.webhook
+                assert hook is not None
+                busy[chat] = asyncio.create_task(deliver(chat, update, hook))
+        finally:
+            for task in list(busy.values()):
+                task.cancel()
+
     async def _post_update(self, hook: dict[str, Any], update: dict[str, Any]) -> bool:
         assert self._session is not None
         headers = {SECRET_HEADER: hook["secret_token"]} if hook.get("secret_token") else {}
@@ -805,6 +862,8 @@ class FakeBotApi:
             try:
                 async with self._session.post(hook["url"], json=update, headers=headers) as resp:
                     if resp.status < 300:
+                        self.webhook_acknowledged.append(update["update_id"])
+                        self.webhook_acknowledged_set.add(update["update_id"])
                         return True
                     error = f"Wrong response from the webhook: {resp.status} {resp.reason}"
             except Exception as exc:  # whatever the bot's side does, delivery goes on
@@ -813,6 +872,7 @@ class FakeBotApi:
             hook["last_error"] = (_now(), error)
             self._changed.notify()
             await asyncio.sleep(self.webhook_retry_delay * 2**attempt)
+        self.webhook_given_up.append(update["update_id"])
         return False
 
     # Bot API methods, _api_<snake_case name>: (params, uploaded files) -> result, or raise

@@ -108,8 +108,8 @@ class EmailChannel:
         # Mail may wait out a long SMTP outage: ~20 attempts, backing off to 10 minutes.
         self.dispatcher = OutboxDispatcher(app.database, CHANNEL, self._send,
                                            on_unreachable=self._unreachable, max_attempts=20,
-                                           max_delay=600.0,
-                                           lease=app.settings.outbox_lease_seconds)
+                                           max_delay=600.0, lease=s.outbox_lease_seconds,
+                                           sweep_interval=s.outbox_sweep_seconds)
         self.watcher = ImapWatcher(ImapConfig(
             host=s.imap_host, port=s.imap_port, user=s.imap_user or "",
             password=s.imap_password or "", security=s.imap_security, folder=s.imap_folder,

@@ -109,7 +109,8 @@ class TelegramChannel:
         self.dispatcher = OutboxDispatcher(database, CHANNEL, self.sender.send,
                                            on_unreachable=self._unreachable,
                                            max_attempts=30, concurrency=concurrency,
-                                           lease=settings.outbox_lease_seconds)
+                                           lease=settings.outbox_lease_seconds,
+                                           sweep_interval=settings.outbox_sweep_seconds)
         self.admin = AdminCommands(
             service=service, translations=translations, database=database,
             questionnaires=questionnaires, admins=settings.telegram_admins,
