@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from bot.app import build_app
@@ -70,7 +70,8 @@ async def run(count: int, database: str) -> dict:
                              telegram=str(FIRST_CHAT + i)) for i in range(count)]
             for i in range(count):
                 api.user(FIRST_CHAT + i)
-            await seed_round(app.database, people, deadline=date(2099, 10, 1))
+            await seed_round(app.database, people, deadline=date(2099, 10, 1),
+                             invited_at=datetime.now(UTC) - timedelta(days=30))
             reminders = Reminders(app.database, app.engines, app.questionnaire.id,
                                   app.translations, settings.reminder_policy)
             async with Courier(app) as courier:

@@ -16,8 +16,8 @@ REASONS = {
     "submitted": "submitted", "opted_out": "opted out", "undeliverable": "undeliverable",
     "not_invited": "invitation not sent yet", "no_deadline": "round without a deadline",
     "past_deadline": "deadline passed", "max_reached": "all reminders sent",
-    "too_soon": "reminded recently", "quiet_hours": "night where they are (quiet hours)",
-    "no_address": "no address to write to",
+    "too_soon": "invited or reminded recently",
+    "quiet_hours": "night where they are (quiet hours)", "no_address": "no address to write to",
 }
 
 

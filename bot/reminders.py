@@ -86,6 +86,7 @@ class Candidate:
     email: str  # the invitation's address
     reminders_sent: int
     last_reminder_at: datetime | None
+    invited_at: datetime | None  # when the invitation went out
     opted_out_at: datetime | None
     submitted: bool  # a version of the report was submitted
     state: dict[str, Any]
@@ -167,7 +168,9 @@ def why_not(c: Candidate, policy: Policy, now: datetime) -> str | None:
         return PAST_DEADLINE
     if c.reminders_sent >= policy.max_reminders:
         return MAX_REACHED
-    if c.last_reminder_at is not None and now - _aware(c.last_reminder_at) < policy.interval:
+    # The first reminder waits the interval after the invitation, the next after the last one.
+    last_contact = c.last_reminder_at or c.invited_at
+    if last_contact is not None and now - _aware(last_contact) < policy.interval:
         return TOO_SOON
     if policy.quiet(local):
         return QUIET_HOURS

@@ -242,7 +242,8 @@ def _candidate(row: dict[str, Any]) -> Candidate:
         round_id=row["round_id"], deadline=row["deadline"],
         invitation_status=row["invitation_status"], language=row["language"],
         email=row["email"], reminders_sent=row["reminders_sent"] or 0,
-        last_reminder_at=row["last_reminder_at"], opted_out_at=row["opted_out_at"],
+        last_reminder_at=row["last_reminder_at"], invited_at=row["invited_at"],
+        opted_out_at=row["opted_out_at"],
         submitted=row["submitted"], state=row["state"] or {}, country=row["country"],
         last_channel=row["last_channel"], addresses=row["addresses"],
         invitation_message_id=row["message_id"])

@@ -35,6 +35,7 @@ def candidates(conn: Connection, *, round_id: int | None = None) -> list[dict[st
                    invitations.c.status.label("invitation_status"), invitations.c.language,
                    invitations.c.email, invitations.c.reminders_sent,
                    invitations.c.last_reminder_at, invitations.c.message_id,
+                   invitations.c.sent_at.label("invited_at"),
                    respondents.c.opted_out_at, respondents.c.state, respondents.c.country,
                    respondents.c.last_channel)
             .select_from(invitations.join(rounds, invitations.c.round_id == rounds.c.id)

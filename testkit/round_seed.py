@@ -46,13 +46,16 @@ class Seeded:
 
 
 async def seed_round(db: Database, people: list[Person], *, deadline: date | None,
-                     questionnaire: str = QUESTIONNAIRE) -> Seeded:
+                     questionnaire: str = QUESTIONNAIRE,
+                     invited_at: datetime = SEEDED_AT) -> Seeded:
+    """invited_at: when the invitations went out (the first reminder waits the interval)."""
     return await db.transaction(functools.partial(_seed, people=people, deadline=deadline,
-                                                  questionnaire=questionnaire))
+                                                  questionnaire=questionnaire,
+                                                  invited_at=invited_at))
 
 
 def _seed(conn: Connection, *, people: list[Person], deadline: date | None,
-          questionnaire: str) -> Seeded:
+          questionnaire: str, invited_at: datetime) -> Seeded:
     now = SEEDED_AT
     round_id = conn.execute(insert(rounds).values(
         questionnaire_id=questionnaire, deadline=deadline, created_at=now)
@@ -92,7 +95,7 @@ def _seed(conn: Connection, *, people: list[Person], deadline: date | None,
         invitation_rows.append({
             "round_id": round_id, "respondent_id": rid, "email": p.email,
             "language": p.language, "status": p.status, "outbox_id": None,
-            "message_id": p.message_id, "sent_at": now if p.status != "pending" else None,
+            "message_id": p.message_id, "sent_at": invited_at if p.status != "pending" else None,
             "times_sent": 0 if p.status == "pending" else 1,
             "undeliverable_at": now if p.status == "undeliverable" else None,
             "undeliverable_reason": "550 no such user" if p.status == "undeliverable" else None,

@@ -251,3 +251,19 @@ async def test_an_address_the_server_refuses_is_undeliverable(
     assert rows["gone@example.org"].status == "undeliverable"
     assert "550" in rows["gone@example.org"].undeliverable_reason
     assert rows["here@example.org"].status == "sent"
+
+
+async def test_remind_right_after_invite_waits_the_interval(make_app, sqlite_url, smtp_server,
+                                                            tmp_path, capsys) -> None:
+    from bot.remind_cli import run_remind
+
+    await make_app(sqlite_url)
+    path = write(tmp_path, contacts_csv(PEOPLE[:3], bad=False))
+    s = settings(sqlite_url, smtp_server, tmp_path, quiet_hours="0-0")
+    assert await run_invite(s, args(path)) == 0
+    capsys.readouterr()
+    # Invited a moment ago: the first reminder waits CAPBOT_REMINDER_INTERVAL_DAYS.
+    assert await run_remind(s, argparse.Namespace(dry_run=False)) == 0
+    out = capsys.readouterr().out
+    assert len(smtp_server.messages) == 3  # the invitations only
+    assert "3 invited or reminded recently" in out, out

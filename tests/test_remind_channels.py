@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import email.policy
 import re
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from email import message_from_bytes
 
 import pytest
@@ -49,7 +49,7 @@ async def test_blocked_on_telegram_reminded_by_email_and_the_others_on_their_cha
         Person("chat@example.org", "ru", "RUS", state=progressed(engine, "ru", answers=3),
                last_channel="telegram", telegram="5001", submission="draft"),
         Person("new@example.org", "es", "KEN", message_id="<inv-1@capbot.test>"),
-    ], deadline=deadline)
+    ], deadline=deadline, invited_at=datetime.now(UTC) - timedelta(days=30))
     async with FakeBotApi() as api:
         chat = api.user(5001, language_code="ru")
         api.user(5002, language_code="fr")
@@ -96,7 +96,8 @@ async def test_dry_run_lists_and_sends_nothing(make_app, sqlite_url, smtp_server
     app = await make_app(sqlite_url)
     await seed_round(app.database, [Person("new@example.org", "zh", "CHN"),
                                     Person("stop@example.org", "en", "KEN", opted_out=True)],
-                     deadline=date(datetime.now(UTC).year + 1, 10, 1))
+                     deadline=date(datetime.now(UTC).year + 1, 10, 1),
+                     invited_at=datetime.now(UTC) - timedelta(days=30))
     async with FakeBotApi() as api:
         settings = remind_settings(sqlite_url, api, smtp_server, tmp_path)
         assert await run_remind(settings, argparse.Namespace(dry_run=True)) == 0

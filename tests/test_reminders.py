@@ -68,7 +68,8 @@ def test_quiet_hours_wrap_around_midnight() -> None:
 def _candidate(**changes) -> Candidate:
     base = {"invitation_id": 1, "respondent_id": 1, "round_id": 1, "deadline": DEADLINE,
             "invitation_status": "sent", "language": "fr", "email": "a@example.org",
-            "reminders_sent": 0, "last_reminder_at": None, "opted_out_at": None,
+            "reminders_sent": 0, "last_reminder_at": None,
+            "invited_at": NOW - timedelta(days=30), "opted_out_at": None,
             "submitted": False, "state": {}, "country": "FRA", "last_channel": None,
             "addresses": {}}
     return Candidate(**{**base, **changes})
@@ -88,6 +89,11 @@ def _candidate(**changes) -> Candidate:
     ({"reminders_sent": 1, "last_reminder_at": NOW - timedelta(days=6, hours=23)},
      rules.TOO_SOON),
     ({"reminders_sent": 1, "last_reminder_at": NOW - timedelta(days=7)}, None),
+    # The first reminder waits the interval after the invitation, not after nothing.
+    ({"invited_at": NOW - timedelta(days=6, hours=23)}, rules.TOO_SOON),
+    ({"invited_at": NOW - timedelta(days=7)}, None),
+    ({"invited_at": NOW - timedelta(days=40), "reminders_sent": 1,
+      "last_reminder_at": NOW - timedelta(days=2)}, rules.TOO_SOON),
     ({"country": "JPN"}, rules.QUIET_HOURS),
     ({"email": "", "addresses": {}}, rules.NO_ADDRESS),
 ])
