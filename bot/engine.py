@@ -331,6 +331,12 @@ class Engine(FormTurns, LanguageTurns, AsideTurns, Prompts):
         elif q.type == "country" and code.lower() in country_table():
             self._record(turn, slot, code.lower())
             self._advance(turn, None if q.id in self._triggers else slots)
+        elif not codes:
+            # No button was ever shown for this question: the press is hand-made (or from a
+            # client of an older questionnaire). A stale press, not "a number from 1 to 0".
+            turn.events.append(Stale(code, slot.key))
+            self._say(turn, "error_stale", kind="error")
+            self._prompt_current(turn)
         else:
             self._invalid(turn, slot, "bad_choice")
             self._error(turn, AnswerError("error_choice", text=code[:40], count=len(codes)))
