@@ -9,10 +9,12 @@ import string
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 from babel import Locale
+from babel.dates import format_date
 
 from bot.countries import country_table
 from bot.questionnaire import Question, Questionnaire
@@ -264,3 +266,25 @@ def fold(text: str) -> str:
     text = unicodedata.normalize("NFKD", text.casefold())
     text = "".join(ch for ch in text if not unicodedata.combining(ch))
     return " ".join(text.replace("’", "'").split())
+
+
+# UN editorial style where Babel's CLDR long format differs: day-month-year in English,
+# "1er" in French, "года" spelled out in Russian, and the Arabic double month names of UN
+# documents (Levantine/Egyptian, as in "1 تشرين الأول/أكتوبر 2027").
+_UN_ARABIC_MONTHS = (
+    "كانون الثاني/يناير", "شباط/فبراير", "آذار/مارس", "نيسان/أبريل", "أيار/مايو",
+    "حزيران/يونيه", "تموز/يوليه", "آب/أغسطس", "أيلول/سبتمبر", "تشرين الأول/أكتوبر",
+    "تشرين الثاني/نوفمبر", "كانون الأول/ديسمبر",
+)  # fmt: skip
+
+
+def long_date(day: date, lang: str) -> str:
+    """A date as UN documents in that language write it: "1 October 2027", "1er octobre 2027"."""
+    if lang == "ar":
+        return f"{day.day} {_UN_ARABIC_MONTHS[day.month - 1]} {day.year}"
+    text = format_date(day, format="long", locale="en_GB" if lang == "en" else lang)
+    if lang == "fr" and day.day == 1:
+        text = "1er" + text[1:]
+    elif lang == "ru":
+        text = re.sub(r"\s*г\.$", " года", text)  # CLDR: "2027\u202fг."
+    return text

@@ -30,11 +30,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from babel.dates import format_date
-
 from bot.contacts import Contact
 from bot.engine import Engine
-from bot.i18n import Translations
+from bot.i18n import Translations, long_date
 from bot.invite_tokens import make_invite_token
 from bot.outbox import OutboxItem
 from storage import rounds as store
@@ -45,11 +43,6 @@ logger = logging.getLogger(__name__)
 DOMAIN = "invite"
 COMMIT_BATCH = 200  # invitations per transaction: one durable commit, not one per contact
 Publish = Callable[[list[OutboxItem]], None]
-
-
-def long_date(day: date, lang: str) -> str:
-    """The deadline as the language writes it (Babel's long format, as reminders do)."""
-    return format_date(day, format="long", locale=lang)
 
 
 def deep_link(bot_username: str | None, token: str) -> str | None:

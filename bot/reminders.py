@@ -22,10 +22,8 @@ from importlib import resources
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from babel.dates import format_date
-
 from bot.countries import EU, country_table
-from bot.i18n import LANGUAGES, Translations
+from bot.i18n import LANGUAGES, Translations, long_date
 from bot.rules import Rules
 
 logger = logging.getLogger(__name__)
@@ -224,14 +222,13 @@ def questions_left(rules: Rules, state: dict[str, Any]) -> int:
 def reminder_text(tr: Translations, lang: str, *, left: int, deadline: date,
                   started: bool) -> str:
     """ "4 questions left; the deadline is 1 October 2027." in the respondent's language."""
-    when = format_date(deadline, format="long", locale=lang)
+    when = long_date(deadline, lang)
     lead = tr.t(lang, "lead_started" if started else "lead_new", DOMAIN)
     return lead + "\n" + tr.tn(lang, "left", left, DOMAIN, deadline=when)
 
 
 def subject(tr: Translations, lang: str, deadline: date) -> str:
-    return tr.t(lang, "subject", DOMAIN, deadline=format_date(deadline, format="long",
-                                                               locale=lang))
+    return tr.t(lang, "subject", DOMAIN, deadline=long_date(deadline, lang))
 
 
 def started(state: dict[str, Any]) -> bool:

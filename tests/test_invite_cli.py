@@ -12,10 +12,10 @@ from email import message_from_bytes
 from pathlib import Path
 
 import pytest
-from babel.dates import format_date
 from sqlalchemy import func, select
 
 from bot.config import load_settings
+from bot.i18n import long_date
 from bot.invite_cli import run_invite
 from bot.invite_tokens import verify_invite_token
 from bot.messages import Inbound
@@ -125,7 +125,7 @@ async def test_invitation_content(make_app, sqlite_url, smtp_server: SmtpCapture
         inv = (await conn.execute(select(invitations))).one()
     token = re.search(r"\[ref:(i[a-z2-7]{26})\]", msg["Subject"]).group(1)
     assert verify_invite_token(SECRET.encode(), token) == inv.id
-    when = format_date(DEADLINE, format="long", locale=lang)
+    when = long_date(DEADLINE, lang)
     text = body(msg)
     title = app.translations.raw(lang, "title", app.questionnaire.id)
     # (Header values have their whitespace collapsed: no CR/LF may reach the wire.)
