@@ -11,6 +11,7 @@ from typing import TextIO
 from sqlalchemy.engine import make_url
 
 from bot.config import Settings
+from bot.webhook import webhook_secret
 
 # Libraries that log whole updates or mails at DEBUG: INFO unless asked for. (SQLAlchemy
 # keeps its own logger at WARNING unless echo is asked for.)
@@ -62,6 +63,8 @@ class RedactingFilter(logging.Filter):
 def settings_secrets(settings: Settings) -> list[str]:
     found = [settings.telegram_token, settings.imap_password, settings.smtp_password,
              settings.secret_key, settings.telegram_webhook_secret]
+    if settings.telegram_token:  # the webhook's secret when none is configured (PTB logs it)
+        found.append(webhook_secret(settings))
     with contextlib.suppress(Exception):  # an invalid URL is reported elsewhere, by name
         found.append(make_url(settings.database_url).password)
     return [str(s) for s in found if s]

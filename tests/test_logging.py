@@ -14,6 +14,7 @@ from telegram import Bot
 
 from bot.config import load_settings
 from bot.logs import configure_logging
+from bot.webhook import webhook_secret
 
 TOKEN = "123456789:AAHx-very_secret-token-0123456789abcdef"
 IMAP_PASSWORD = "imap-pa55word!"
@@ -47,6 +48,15 @@ def test_the_bot_token_never_reaches_the_log(restore_logging, libraries: str) ->
     assert TOKEN.split(":")[1] not in text
     assert "fetching /bot[redacted]/getUpdates" in text
     assert ("Set Bot API URL" in text) == (libraries == "debug")
+
+
+def test_the_webhook_secret_derived_from_the_token_is_redacted(restore_logging) -> None:
+    """PTB logs setWebhook's parameters at DEBUG; found by tests/test_secrets_in_logs.py."""
+    out = _configure(log_libraries="debug")
+    secret = webhook_secret(load_settings(telegram_token=TOKEN))
+    logging.getLogger("telegram.ext.ExtBot").debug(
+        "Calling Bot API endpoint `setWebhook` with parameters `%s`", {"secret_token": secret})
+    assert secret not in out.getvalue() and "setWebhook" in out.getvalue()
 
 
 def test_passwords_are_redacted_in_messages_and_tracebacks(restore_logging) -> None:

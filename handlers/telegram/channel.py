@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import time
@@ -26,6 +25,7 @@ from telegram.ext import Application, ApplicationBuilder
 from bot.config import ConfigError
 from bot.i18n import LANGUAGES
 from bot.outbox import OutboxDispatcher, OutboxItem
+from bot.webhook import webhook_secret
 from handlers.telegram.admin import AdminCommands
 from handlers.telegram.intake import Poller, WebhookServer
 from handlers.telegram.ordering import PerChatUpdateProcessor
@@ -59,14 +59,6 @@ USER_COMMANDS = ("start", "back", "skip", "review", "language", "help", "cancel"
 ADMIN_COMMANDS = ("export", "stats")
 POLLING_JOB = "telegram-polling"  # the leader job of long polling
 GROUP_NOTE_INTERVAL = 600.0  # seconds: explain at most this often per group
-
-
-def webhook_secret(settings: Any) -> str:
-    """The configured secret, else one derived from the token: stable across restarts and
-    replicas, unknown to anyone without the token."""
-    if settings.telegram_webhook_secret:
-        return settings.telegram_webhook_secret
-    return hashlib.sha256(b"capbot-webhook:" + settings.telegram_token.encode()).hexdigest()
 
 
 def file_url(api_url: str) -> str:
