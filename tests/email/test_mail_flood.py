@@ -28,7 +28,8 @@ from collections import Counter
 
 import pytest
 
-from storage.models import inbound_messages, outbox
+from storage.models import answers as answer_rows
+from storage.models import inbound_messages, outbox, respondents, submissions
 from tests.email.support import Env, Person, message_id
 
 MAILS = int(os.environ.get("CAPBOT_FLOOD_MAILS", "1000"))
@@ -145,6 +146,21 @@ async def test_one_address_sending_1000_mails_is_throttled_and_loses_nothing(
         if r.levelno == logging.WARNING and flooder.address in r.getMessage()
     ]
     assert len(warnings) == 2, [r.getMessage() for r in warnings]  # one per budget, once
+
+    # The draft holds only what the genuine mails said, and nothing invalid: mail without a
+    # token or with a forged one changed nothing.
+    (owner,) = [
+        r
+        for r in await env.rows(respondents)
+        if r.email == flooder.address or r.channel_user_id == flooder.address
+    ]
+    subs = {s.id for s in await env.rows(submissions) if s.respondent_id == owner.id}
+    stored = {
+        a.question_id: a.value for a in await env.rows(answer_rows) if a.submission_id in subs
+    }
+    assert str(stored["R1_name"]).startswith("Runaway Script "), stored["R1_name"]
+    assert str(stored["R3_org"]).startswith("Ministry "), stored
+    assert "R2_email" not in stored or "@" in str(stored["R2_email"]), stored
 
     # The bystander was answered in the middle of it.
     assert [m.message["To"] for m in env.smtp.messages].count(bystander.address) == 1
