@@ -3,7 +3,8 @@
 tests/test_logging.py checks the redacting filter on the lines that leaked; this runs the
 whole service at DEBUG, libraries included (CAPBOT_LOG_LIBRARIES=debug, and SQLAlchemy's
 engine and pool loggers at DEBUG: every statement, parameter and row), with a known bot token,
-IMAP and SMTP passwords (SMTP with AUTH) and secret key: a Telegram conversation through the
+IMAP and SMTP passwords (SMTP with AUTH), secret key and database password (on PostgreSQL,
+percent-encoded in CAPBOT_DATABASE_URL): a Telegram conversation through the
 real PTB stack and the Bot API fake (polling, and webhook mode with the secret derived from
 the token), Bot API 500s and a 429 on the way, admin /stats and /export (the zip), an export
 error, an email conversation through Dovecot with a forged token, then `capbot export` in a
@@ -43,7 +44,10 @@ from tests.email.support import Env, Person, settings_for
 from tests.telegram.harness import ADMIN, act, press_code, running
 from tests.telegram.harness import settings_for as telegram_settings
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after:DeprecationWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*retry_after:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS"),  # loopback
+]
 
 TOKEN = "987654321:AAF-sEcReTtOkEnPaRt_0123456789abcdefXYZ"
 IMAP_USER = "vault"
@@ -51,6 +55,7 @@ IMAP_PASSWORD = "imap!Pa55/w0rd&x"
 SMTP_USER = "capbot-mailer"
 SMTP_PASSWORD = "smtp#Pa55 w0rd+x"
 SECRET_KEY = "hmac-Secret-Key/with+chars=42"
+DB_PASSWORD = "pg!Pa55/w0rd@x"  # in the URL percent-encoded (the test cluster trusts loopback)
 ROOT = Path(__file__).resolve().parents[1]
 LOGGERS = (*LIBRARIES, "sqlalchemy", "bot", "handlers", "reports", "storage")
 
@@ -78,6 +83,7 @@ def all_forms(*, derived_webhook_secret: str) -> dict[str, set[str]]:
         "SMTP password": forms(SMTP_PASSWORD) | {auth_plain},
         "secret key": forms(SECRET_KEY),
         "webhook secret": forms(derived_webhook_secret),
+        "database password": forms(DB_PASSWORD),
     }
 
 
@@ -103,7 +109,9 @@ def leaks(haystacks: dict[str, str], secrets: dict[str, set[str]]) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("mode", ["polling", "webhook"])
+@pytest.mark.parametrize(
+    ("mode", "database"), [("polling", "sqlite"), ("webhook", "sqlite"), ("polling", "postgres")]
+)
 async def test_no_secret_in_logs_replies_or_exports_of_a_full_debug_run(
     make_app,
     sqlite_url: str,
@@ -111,8 +119,16 @@ async def test_no_secret_in_logs_replies_or_exports_of_a_full_debug_run(
     tmp_path: Path,
     capfd,
     restore_logging,
+    request: pytest.FixtureRequest,
     mode: str,
+    database: str,
 ) -> None:
+    if database == "postgres":
+        url = request.getfixturevalue("postgres_url")
+        user, _, rest = url.partition("@")
+        db_url = f"{user}:{quote(DB_PASSWORD, safe='')}@{rest}"
+    else:
+        db_url = sqlite_url
     dovecot.reset()
     dovecot.add_user(IMAP_USER, IMAP_PASSWORD)
     imap = dovecot.settings(IMAP_USER)
@@ -137,12 +153,12 @@ async def test_no_secret_in_logs_replies_or_exports_of_a_full_debug_run(
                 smtp_password=SMTP_PASSWORD,
             )
             settings = {**mail, **extra, "log_level": "DEBUG", "log_libraries": "debug"}
-            full = load_settings(database_url=sqlite_url, **telegram_settings(api), **settings)
+            full = load_settings(database_url=db_url, **telegram_settings(api), **settings)
             derived = webhook_secret(full)
             out = io.StringIO()
             configure_logging(full, stream=out)  # what `capbot serve` does
             logging.getLogger("sqlalchemy").setLevel(logging.DEBUG)
-            async with running(make_app, sqlite_url, api, **settings) as bot:
+            async with running(make_app, db_url, api, **settings) as bot:
                 if mode == "webhook":
                     assert api.webhook and api.webhook["secret_token"] == derived
                 email_channel = EmailChannel(bot.app)
@@ -159,10 +175,11 @@ async def test_no_secret_in_logs_replies_or_exports_of_a_full_debug_run(
         haystacks.update(_mails_sent(smtp))
     finally:
         await smtp.stop()
-    haystacks.update(_cli_export(sqlite_url, tmp_path, mail, derived))
-    db = Path(sqlite_url.split("///", 1)[1])
-    for path in db.parent.glob(db.name + "*"):  # the file, its WAL
-        haystacks[f"database {path.name}"] = path.read_bytes().decode("utf-8", "replace")
+    haystacks.update(_cli_export(db_url, tmp_path, mail, derived))
+    if database == "sqlite":
+        db = Path(sqlite_url.split("///", 1)[1])
+        for path in db.parent.glob(db.name + "*"):  # the file, its WAL
+            haystacks[f"database {path.name}"] = path.read_bytes().decode("utf-8", "replace")
     captured = capfd.readouterr()
     haystacks["stdout/stderr"] = captured.out + captured.err
 
@@ -176,7 +193,8 @@ async def test_no_secret_in_logs_replies_or_exports_of_a_full_debug_run(
     log = haystacks["log"]
     names = set(re.findall(r"^\S+ \S+ (?:DEBUG|INFO) ([\w.]+):", log, re.MULTILINE))
     # (PTB runs on capbot's aiohttp transport, so httpx is silent; aiosmtplib logs nothing.)
-    for library in ("telegram", "aioimaplib", "sqlalchemy", "aiosqlite", "handlers", "bot"):
+    talked = ("telegram", "aioimaplib", "sqlalchemy", "handlers", "bot")
+    for library in (*talked, "aiosqlite") if database == "sqlite" else talked:
         assert any(n == library or n.startswith(library + ".") for n in names), (
             library,
             sorted(names),
@@ -184,8 +202,8 @@ async def test_no_secret_in_logs_replies_or_exports_of_a_full_debug_run(
     assert "[redacted]" in log  # something secret-shaped was logged, and redacted
     sizes = {where: len(text) for where, text in haystacks.items()}
     print(
-        f"\n{mode}: grepped {sum(sizes.values()):,} characters ({sizes}) for "
-        f"{sum(map(len, all_forms(derived_webhook_secret=derived).values()))} forms of 5 "
+        f"\n{mode}, {database}: grepped {sum(sizes.values()):,} characters ({sizes}) for "
+        f"{sum(map(len, all_forms(derived_webhook_secret=derived).values()))} forms of 6 "
         f"secrets: 0 found; DEBUG loggers seen: {len(names)}"
     )
 
@@ -259,11 +277,11 @@ def _mails_sent(smtp: SmtpCapture) -> dict[str, str]:
     return {"mails sent": "\n".join(m.message.as_string() for m in smtp.messages)}
 
 
-def _cli_export(sqlite_url: str, tmp_path: Path, mail: dict, derived: str) -> dict[str, str]:
+def _cli_export(db_url: str, tmp_path: Path, mail: dict, derived: str) -> dict[str, str]:
     out = tmp_path / "export"
     env = {
         **os.environ,
-        "CAPBOT_DATABASE_URL": sqlite_url,
+        "CAPBOT_DATABASE_URL": db_url,
         "CAPBOT_TELEGRAM_TOKEN": TOKEN,
         "CAPBOT_IMAP_PASSWORD": IMAP_PASSWORD,
         "CAPBOT_SMTP_PASSWORD": SMTP_PASSWORD,
