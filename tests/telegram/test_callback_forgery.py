@@ -117,7 +117,11 @@ async def press_forged(
     state = await draft_of(bot, user.id)
     question = bot.app.questionnaire.questions[state["slot"].split("@")[0]]
     prompt = bot.app.translations.question_prompt(state["lang"], bot.app.questionnaire, question)
-    assert new and prompt in (new[-1].text or ""), [m.text for m in new]  # asked again
+    slot = state["slot"] + "|"
+    live = any(  # or its message, buttons and all, is still there to press
+        b.get("callback_data", "").startswith(slot) for m in user.messages for b in m.buttons
+    )
+    assert new and (prompt in (new[-1].text or "") or live), [m.text for m in new]
     return new
 
 
@@ -149,13 +153,14 @@ async def test_forged_callback_data_changes_nothing_it_should_not(
         stale = tr.t("ru", "error_stale")
         choice_error, no_options = tr.t("ru", "error_choice", text="§", count=0).split("§")
         required = tr.t("ru", "error_required")  # a forged SKIP on a required question
+        empty = tr.t("ru", "error_multi_empty")  # a forged Done with nothing chosen
         replies: dict[str, int] = {}
 
         def note(new: list[ChatMessage]) -> None:
             first = new[0].text or ""
             # A question without buttons is no list "from 1 to 0" (found by this test).
             assert not first.endswith(no_options), first
-            kind = {stale: "stale", required: "required"}.get(first) or (
+            kind = {stale: "stale", required: "required", empty: "empty"}.get(first) or (
                 "bad_choice" if first.startswith(choice_error) else first
             )
             replies[kind] = replies.get(kind, 0) + 1
@@ -239,11 +244,34 @@ async def test_forged_callback_data_changes_nothing_it_should_not(
             note(await press_forged(bot, sender, victim, data, question))
         assert (await draft_of(bot, sender.id))["answers"]["R4_orgtype"] == "NGO"
 
+        # A multi-choice question (toggles and Done): forged toggles, Done with nothing
+        # chosen, another repeat's buttons.
+        await run_script_steps(
+            bot,
+            sender,
+            [("choice", "YES"), ("text", "Семинар по оценке рисков"), ("choice", "PROJECT")],
+        )
+        toggles = sender.last_message
+        assert toggles.button("A3_role@0|FUNDING") is not None
+        for data in [
+            "A3_role@0|DONE",
+            "A3_role@0|NGO",
+            "A3_role@0|PROJECT",
+            "A3_role@1|FUNDING",
+            "A3_role|FUNDING",
+            "A3_role@0|" + "F" * 54,
+            "A3_role@0|FUNDING|FUNDING",
+            "A3_role@-1|FUNDING",
+        ]:
+            note(await press_forged(bot, sender, victim, data, toggles))
+        await bot.step(lambda: press_code(sender, "FUNDING"))
+        assert (await draft_of(bot, sender.id))["pending"] == ["FUNDING"]
+
         # The victim goes on undisturbed: her buttons still work.
         await bot.step(lambda: press_code(victim, "PARTY_GOV"))
         assert (await draft_of(bot, victim.id))["answers"]["R4_orgtype"] == "PARTY_GOV"
-        # Every forged press got one of three polite notes in Russian, never an error.
-        assert set(replies) <= {"stale", "bad_choice", "required"}, replies
+        # Every forged press got one of four polite notes in Russian, never an error.
+        assert set(replies) <= {"stale", "bad_choice", "required", "empty"}, replies
         stale_events = [e for e in await bot.rows(events) if e.type == "stale"]
         assert len(stale_events) == replies["stale"]
         total = sum(replies.values())
