@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 __all__ = ["is_answer_line", "strip_reply"]
 
@@ -127,6 +128,12 @@ def _is_quoted(norm: str) -> bool:
     return norm.startswith(">")
 
 
+def _is_own_line(line: str) -> bool:
+    """Whether _norm(line) is neither empty nor ">"-quoted, without normalizing it all."""
+    head = (line if line.isascii() else _BIDI.sub("", line)).lstrip()
+    return bool(head) and not head.startswith(">")
+
+
 def _is_attribution(text: str) -> bool:
     if not text or len(text) > 320 or _ANSWER.match(text) or _is_quoted(text):
         return False
@@ -163,7 +170,7 @@ def _label(norm: str) -> str | None:
     return match.lastgroup if match else None
 
 
-def _is_header_block(norm: list[str], i: int) -> bool:
+def _is_header_block(norm: Sequence[str], i: int) -> bool:
     """An Outlook "From: / Sent: / To: / Subject:" block starts at line i (in any of the six).
 
     Some clients put the date first ("Date: … / From: … / To: … / Subject: …")."""
@@ -193,7 +200,7 @@ def _is_dated(norm: str) -> bool:
     return bool(_YEAR.search(norm) and _TIME.search(norm))
 
 
-def _find_marker(lines: list[str], norm: list[str], start: int) -> tuple[int, int, str] | None:
+def _find_marker(lines: list[str], norm: Sequence[str], start: int) -> tuple[int, int, str] | None:
     """First quote marker at or after start: (first line, line after it, kind)."""
     n = len(lines)
     for i in range(start, n):
@@ -218,13 +225,20 @@ def _find_marker(lines: list[str], norm: list[str], start: int) -> tuple[int, in
             joined = text
             for k in (1, 2):
                 # ">:" is the address's closing bracket wrapped onto a line, not a quote.
-                if i + k >= n or not norm[i + k] or (
-                        _is_quoted(norm[i + k]) and norm[i + k] != ">:"):
+                if (
+                    i + k >= n
+                    or not norm[i + k]
+                    or (_is_quoted(norm[i + k]) and norm[i + k] != ">:")
+                ):
                     break
                 joined = f"{joined} {norm[i + k]}"
                 if _is_attribution(joined):
-                    strong = _STARTERS.match(text) or "@" in text or text.endswith("<") \
+                    strong = (
+                        _STARTERS.match(text)
+                        or "@" in text
+                        or text.endswith("<")
                         or (_TIME.search(text) and _YEAR.search(text))
+                    )
                     if strong or not _is_attribution(norm[i + k]):
                         return i, i + k + 1, "attribution"
                     break
@@ -245,7 +259,7 @@ def _tidy(lines: list[str]) -> list[str]:
 
 
 def _is_device_signature(line: str) -> bool:
-    """"Sent from my iPhone" and the like; not prose that starts so ("Sent from my desk, …")."""
+    """ "Sent from my iPhone" and the like; not prose that starts so ("Sent from my desk, …")."""
     norm = _norm(line)
     return bool(_MOBILE.match(norm)) and "," not in norm and len(norm.split()) <= 8
 
@@ -266,9 +280,12 @@ def _split_inline_attribution(lines: list[str]) -> list[str]:
             head, tail = line[: match.start()].rstrip(" -–—"), line[match.end() :]
             # The head must not be the attribution's own beginning ("On Mon, … at 10:00 Am…").
             head_norm = _norm(head)
-            if head_norm and not _may_start_attribution(head_norm) \
-                    and not _TIME.search(head_norm) and _is_attribution(_norm(tail)) and (
-                _is_quoted(nxt) or (_ADDR.search(tail) and not _ANSWER.match(norm))
+            if (
+                head_norm
+                and not _may_start_attribution(head_norm)
+                and not _TIME.search(head_norm)
+                and _is_attribution(_norm(tail))
+                and (_is_quoted(nxt) or (_ADDR.search(tail) and not _ANSWER.match(norm)))
             ):
                 out += [head, tail]
                 break
@@ -277,12 +294,13 @@ def _split_inline_attribution(lines: list[str]) -> list[str]:
     return out
 
 
-def _unquoted(lines: list[str], norm: list[str], start: int, end: int) -> list[str]:
+def _unquoted(lines: list[str], norm: Sequence[str], start: int, end: int) -> list[str]:
     return [lines[i] for i in range(start, end) if not _is_quoted(norm[i])]
 
 
-def _own_paragraphs(lines: list[str], norm: list[str], start: int, end: int,
-                    last: bool) -> list[str]:
+def _own_paragraphs(
+    lines: list[str], norm: Sequence[str], start: int, end: int, last: bool
+) -> list[str]:
     """Paragraphs between ">" blocks that hold no quoted line: the respondent's interleaved
     prose. A line touching a ">" line is a quoted line the client wrapped ("…pharetra d" /
     "ignissim odio?"), not a reply. A mailing-list footer ("____" line) ends the reply, and
@@ -307,6 +325,26 @@ def _own_paragraphs(lines: list[str], norm: list[str], start: int, end: int,
     return out
 
 
+class _Norm(Sequence[str]):
+    """The lines' _norm, each made when first read: answers above a quoted form are found
+    without normalizing the hundreds of lines of the quote."""
+
+    __slots__ = ("_done", "_lines")
+
+    def __init__(self, lines: list[str]) -> None:
+        self._lines = lines
+        self._done: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def __getitem__(self, i: int) -> str:
+        found = self._done.get(i)
+        if found is None:
+            found = self._done[i] = _norm(self._lines[i])
+        return found
+
+
 def strip_reply(text: str) -> str:
     """Return the respondent's own text: quoted history, attributions and signatures removed.
 
@@ -315,14 +353,20 @@ def strip_reply(text: str) -> str:
     the unquoted lines between ``>``-quoted ones are kept too, up to the next marker.
     """
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    if any(_INLINE_START.search(line) for line in lines):
+    # Only unquoted lines are ever split, so the quoted history (most of a reply that quotes
+    # the whole form) need not be searched for a glued attribution.
+    if any(_INLINE_START.search(line) for line in lines if _is_own_line(line)):
         lines = _split_inline_attribution(lines)
-    norm = [_norm(line) for line in lines]
+    norm = _Norm(lines)
     n = len(lines)
     first_quoted = next((i for i in range(n) if _is_quoted(norm[i])), n)
     marker = _find_marker(lines, norm, 0)
     cut = min(first_quoted, marker[0] if marker else n)
     top = _tidy(lines[:cut])
+    if any(map(is_answer_line, top)):
+        # Answers above the quote: they are the reply, whatever is below (the rules below
+        # keep `top` whenever it holds an answer line), so the quoted part is not read.
+        return "\n".join(top)
 
     region: list[str] = []
     prose: list[str] = []
@@ -336,8 +380,11 @@ def strip_reply(text: str) -> str:
         # Unquoted text after an attribution with no ">" line below it is old text whose
         # marks the client dropped; in paragraphs of its own between ">" blocks it is the
         # respondent's, interleaved.
-        if top and not any(map(is_answer_line, region)) \
-                and any(_is_quoted(norm[k]) for k in range(start, end)):
+        if (
+            top
+            and not any(map(is_answer_line, region))
+            and any(_is_quoted(norm[k]) for k in range(start, end))
+        ):
             prose = _tidy(_own_paragraphs(lines, norm, start, end, last=nxt is None))
 
     if not top:
