@@ -55,7 +55,8 @@ def test_the_webhook_secret_derived_from_the_token_is_redacted(restore_logging) 
     out = _configure(log_libraries="debug")
     secret = webhook_secret(load_settings(telegram_token=TOKEN))
     logging.getLogger("telegram.ext.ExtBot").debug(
-        "Calling Bot API endpoint `setWebhook` with parameters `%s`", {"secret_token": secret})
+        "Calling Bot API endpoint `setWebhook` with parameters `%s`", {"secret_token": secret}
+    )
     assert secret not in out.getvalue() and "setWebhook" in out.getvalue()
 
 
