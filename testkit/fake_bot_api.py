@@ -9,6 +9,7 @@ import html
 import itertools
 import json
 import math
+import random
 import re
 import time
 from collections import defaultdict, deque
@@ -568,6 +569,11 @@ class FakeBotApi:
         # at that very moment).
         self.update_log: list[dict[str, Any]] = []
         self.on_confirm: Callable[[list[int]], None] | None = None
+        self.confirmed: set[int] = set()  # update ids a getUpdates offset confirmed
+        # Injected faults (set_faults): the share of calls answered 500 / left hanging.
+        self._error_rate, self._stall_rate, self._stall_seconds = 0.0, 0.0, 0.0
+        self._fault_random = random.Random(0)
+        self.faults_injected: dict[str, int] = {"error": 0, "stall": 0}
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._webhook_task: asyncio.Task[None] | None = None
@@ -686,6 +692,28 @@ class FakeBotApi:
         errors = self._failures.setdefault(method.lower(), [])
         errors.extend(ApiError(code, description) for _ in range(count))
 
+    def set_faults(
+        self,
+        *,
+        error_rate: float = 0.0,
+        stall_rate: float = 0.0,
+        stall_seconds: float = 10.0,
+        seed: int = 0,
+    ) -> None:
+        """A failing Bot API, until called again with no rates: `error_rate` of the calls
+        (any method) answer 500 Internal Server Error, `stall_rate` hang `stall_seconds`
+        (past the client's read timeout) and then answer 502. Both before the call is handled:
+        a failed call has no effect (nothing sent, no offset confirmed), so retrying it is
+        safe. Counted in `faults_injected`; each failed call is recorded with its status."""
+        self._error_rate, self._stall_rate = error_rate, stall_rate
+        self._stall_seconds = stall_seconds
+        self._fault_random = random.Random(seed)
+
+    def acknowledged(self, update_id: int) -> bool:
+        """The bot took this update: a getUpdates offset confirmed it, or the webhook
+        answered 2xx for it."""
+        return update_id in self.confirmed or update_id in self.webhook_acknowledged_set
+
     def calls(self, method: str) -> list[dict[str, Any]]:
         """Parameters of every recorded call of `method` (case-insensitive), in order."""
         return [r.params for r in self.requests if r.method.lower() == method.lower()]
@@ -768,6 +796,7 @@ class FakeBotApi:
                 raise ApiError(404, f"Not Found: method {method} is not emulated by FakeBotApi")
             if self._failures.get(method.lower()):
                 raise self._failures[method.lower()].pop(0)
+            await self._inject_fault(record)
             self._check_flood(method.lower(), params)
             body = {"ok": True, "result": await handler(params, files)}
         except ApiError as exc:
@@ -777,6 +806,19 @@ class FakeBotApi:
                 body["parameters"] = {"retry_after": exc.retry_after}
         self._changed.notify()
         return web.json_response(body, status=record.status)
+
+    async def _inject_fault(self, record: RecordedRequest) -> None:
+        if not (self._error_rate or self._stall_rate):
+            return
+        roll = self._fault_random.random()
+        if roll < self._stall_rate:
+            self.faults_injected["stall"] += 1
+            record.status, record.description = 504, "stalled (fault injected)"
+            await asyncio.sleep(self._stall_seconds)  # the client gave up meanwhile
+            raise ApiError(502, "Bad Gateway")
+        if roll < self._stall_rate + self._error_rate:
+            self.faults_injected["error"] += 1
+            raise ApiError(500, "Internal Server Error")
 
     async def _handle_file_download(self, request: web.Request) -> web.Response:
         path = request.match_info["path"]
@@ -891,6 +933,7 @@ class FakeBotApi:
         if offset > 0:  # confirms every update before `offset`
             confirmed = [u["update_id"] for u in self._pending if u["update_id"] < offset]
             self._pending = [u for u in self._pending if u["update_id"] >= offset]
+            self.confirmed.update(confirmed)
             if confirmed and self.on_confirm is not None:
                 self.on_confirm(confirmed)
         elif offset < 0:
