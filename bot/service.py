@@ -9,6 +9,7 @@ outbox dispatcher) get the committed rows. Nothing is sent before it is stored.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import secrets
@@ -30,7 +31,7 @@ from bot.outbox import OutboxItem
 from bot.spool import Spool
 from bot.turn_display import turn_display
 from storage import repository as repo
-from storage.db import Database
+from storage.db import Database, is_disconnect, is_read_only
 from storage.store import Conversation, Decision, Message, TurnRecord, TurnStore
 
 logger = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ class ConversationService:
                  detector: LanguageDetector, *, clock: Callable[[], datetime] = utc_now,
                  reference_factory: Callable[[], str] = new_reference,
                  writers: int | None = None, max_batch: int = 64,
-                 spool: Spool | None = None) -> None:
+                 spool: Spool | None = None, disconnect_wait: float = 30.0) -> None:
         self.db = db
         self.engines = engines
         self.default_questionnaire = default_questionnaire
@@ -115,6 +116,8 @@ class ConversationService:
         self.clock = clock
         self.new_reference = reference_factory
         self.spool = spool
+        self.disconnect_wait = disconnect_wait  # seconds a turn waits for an unreachable server
+        self._disconnected = False
         self.store = TurnStore(db, clock=clock, writers=writers, max_batch=max_batch)
         self.locks = KeyedLocks()
         self._listeners: list[OutboxListener] = []
@@ -151,8 +154,7 @@ class ConversationService:
             message = Message(inbound.channel, inbound.user_id, inbound.message_id,
                               inbound.kind, inbound.raw or inbound.text, inbound.display_name)
             try:
-                record = await self.store.turn(message, lambda state: self._decide(ask, state),
-                                               delivered=delivered)
+                record = await self._turn(message, ask, delivered)
             except Exception:
                 return await self._fail(ask)
             result = self._result(ask, record)
@@ -165,6 +167,38 @@ class ConversationService:
             if isinstance(event, EmailRequested):
                 await self.links.send_form_by_email(inbound, result, event.address)
         return result
+
+    async def _turn(self, message: Message, ask: _Ask, delivered: bool) -> TurnRecord:
+        """The store's turn; while the database server is unreachable (a restart, a failover)
+        the turn waits and is tried again, up to `disconnect_wait` seconds, so that the answer
+        is recorded rather than set aside. The message is still the channel's to redeliver
+        meanwhile (not confirmed to Telegram, still in the IMAP folder). A refusal by a
+        reachable database (a full disk) fails at once; a read-only refusal is tried once
+        more, on a fresh connection (the pool's sessions may date from a read-only spell)."""
+        waited, delay, fresh = 0.0, 0.2, False
+        while True:
+            try:
+                record = await self.store.turn(message, lambda state: self._decide(ask, state),
+                                               delivered=delivered)
+            except Exception as exc:
+                if is_read_only(exc) and not fresh:
+                    fresh = True
+                    continue
+                if not is_disconnect(exc) or waited >= self.disconnect_wait:
+                    raise
+                if not self._disconnected:
+                    self._disconnected = True
+                    logger.warning("the database is unreachable (%s); turns wait for it, up "
+                                   "to %.0f s each", str(exc).splitlines()[0][:200],
+                                   self.disconnect_wait)
+                await asyncio.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 5.0)
+                continue
+            if self._disconnected:
+                self._disconnected = False
+                logger.warning("the database is reachable again; turns go on")
+            return record
 
     # -- the engine, run by the store inside its transaction --------------------------------
 

@@ -13,7 +13,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Engine, ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from storage.advisory import lock_for_transaction
@@ -38,7 +38,9 @@ def create_engine(url: str) -> AsyncEngine:
                                      connect_args={"timeout": 30})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    event.listen(engine.sync_engine, "handle_error", _read_only_invalidates)
+    return engine
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -56,6 +58,57 @@ def alembic_config(url: str) -> Config:
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
+
+
+# SQLSTATEs of a server going away or not there yet: connection exceptions (class 08),
+# admin/crash shutdown and "cannot connect now" (57P01-57P03, a restart or a failover).
+_DISCONNECT_STATES = ("08", "57P01", "57P02", "57P03")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not e for e in seen):
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def is_read_only(exc: BaseException) -> bool:
+    """True when a reachable PostgreSQL refused a write because the session is read-only
+    (SQLSTATE 25006: `default_transaction_read_only`, a hot standby)."""
+    return any(getattr(e, "sqlstate", None) == "25006" or "read-only transaction" in str(e)
+               for e in _chain(exc))
+
+
+def _read_only_invalidates(context: ExceptionContext) -> None:
+    """A session opened while the database was read-only stays read-only after it is
+    writable again (the setting is read when the session starts; a standby's sessions after
+    a failover): count the refusal as a lost connection, so that SQLAlchemy drops the pool's
+    connections and the next checkout connects afresh."""
+    if is_read_only(context.original_exception):
+        context.is_disconnect = True
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """True when `exc` says the database server could not be reached or dropped the
+    connection (a restart, a failover, a network cut): worth trying again in a moment. Not for
+    a refusal by a reachable server (a full disk, a read-only database, a constraint)."""
+    if is_read_only(exc):
+        return False
+    for e in _chain(exc):
+        if getattr(e, "connection_invalidated", False):  # SQLAlchemy saw it drop
+            return True
+        if isinstance(e, ConnectionError | TimeoutError):  # refused, reset, no answer
+            return True
+        state = getattr(e, "sqlstate", None) or getattr(e, "pgcode", None)
+        if isinstance(state, str) and state.startswith(_DISCONNECT_STATES):
+            return True
+        if type(e).__name__ in ("ConnectionDoesNotExistError", "CannotConnectNowError"):
+            return True  # asyncpg's, raised without a SQLSTATE
+        if "connection was closed in the middle of operation" in str(e):
+            return True
+    return False
 
 
 class DatabaseUnavailable(Exception):
