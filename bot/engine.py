@@ -332,11 +332,14 @@ class Engine(FormTurns, LanguageTurns, AsideTurns, Prompts):
             self._record(turn, slot, code.lower())
             self._advance(turn, None if q.id in self._triggers else slots)
         elif not codes:
-            # No button was ever shown for this question: the press is hand-made (or from a
-            # client of an older questionnaire). A stale press, not "a number from 1 to 0".
-            turn.events.append(Stale(code, slot.key))
-            self._say(turn, "error_stale", kind="error")
-            self._prompt_current(turn)
+            # A press for a question answered by typing (hand-made callback data, a console
+            # {"choice"}): ask for the typed answer, not for "a number from 1 to 0".
+            self._invalid(turn, slot, "bad_choice")
+            if q.type == "country":
+                self._error(turn, AnswerError("error_country", text=code[:40]))
+            else:
+                self._say(turn, "error_empty", kind="error")
+            self._ask(turn, slots, repeat_prompt=False)
         else:
             self._invalid(turn, slot, "bad_choice")
             self._error(turn, AnswerError("error_choice", text=code[:40], count=len(codes)))

@@ -10,11 +10,17 @@ callback query, and give a polite answer in the sender's language (then the curr
 from __future__ import annotations
 
 import copy
+import json
+import os
 import random
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 
+from bot.app import load_content
+from bot.config import load_settings
 from bot.i18n import LANGUAGES
 from storage.models import answers, events, respondents, submissions
 from testkit.fake_bot_api import ChatMessage, SimulatedUser
@@ -154,15 +160,16 @@ async def test_forged_callback_data_changes_nothing_it_should_not(
         choice_error, no_options = tr.t("ru", "error_choice", text="§", count=0).split("§")
         required = tr.t("ru", "error_required")  # a forged SKIP on a required question
         empty = tr.t("ru", "error_multi_empty")  # a forged Done with nothing chosen
+        typed = tr.t("ru", "error_empty")  # a press for a question answered by typing
         replies: dict[str, int] = {}
 
         def note(new: list[ChatMessage]) -> None:
             first = new[0].text or ""
             # A question without buttons is no list "from 1 to 0" (found by this test).
             assert not first.endswith(no_options), first
-            kind = {stale: "stale", required: "required", empty: "empty"}.get(first) or (
-                "bad_choice" if first.startswith(choice_error) else first
-            )
+            kind = {stale: "stale", required: "required", empty: "empty", typed: "typed"}.get(
+                first
+            ) or ("bad_choice" if first.startswith(choice_error) else first)
             replies[kind] = replies.get(kind, 0) + 1
 
         # 1. The other user's buttons, on the sender's own latest message.
@@ -270,10 +277,35 @@ async def test_forged_callback_data_changes_nothing_it_should_not(
         # The victim goes on undisturbed: her buttons still work.
         await bot.step(lambda: press_code(victim, "PARTY_GOV"))
         assert (await draft_of(bot, victim.id))["answers"]["R4_orgtype"] == "PARTY_GOV"
-        # Every forged press got one of four polite notes in Russian, never an error.
-        assert set(replies) <= {"stale", "bad_choice", "required", "empty"}, replies
+        # Every forged press got one of five polite notes in Russian, never an error.
+        assert set(replies) <= {"stale", "bad_choice", "required", "empty", "typed"}, replies
         stale_events = [e for e in await bot.rows(events) if e.type == "stale"]
         assert len(stale_events) == replies["stale"]
         total = sum(replies.values())
         print(f"forged presses: {total} ({replies})")
         assert total >= 100
+
+
+def test_a_choice_for_a_typed_question_asks_for_the_typed_answer(tmp_path) -> None:
+    """The same engine path from the console (`capbot chat --json`, {"choice": ...} at a
+    question answered by typing): "Please type an answer", nothing recorded."""
+    _, _, tr = load_content(load_settings())
+    env = {**os.environ, "CAPBOT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/c.db"}
+    lines = ['{"choice": "en"}', '{"choice": "NGO"}', '{"choice": "R1_name"}', "Ada Lovelace"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bot", "chat", "--json", "--user", "c1"],
+        input="\n".join(lines) + "\n",
+        text=True,
+        capture_output=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    out = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    texts = [o.get("text") for o in out]
+    assert texts.count(tr.t("en", "error_empty")) == 2, texts
+    assert not any("from 1 to 0" in (t or "") for t in texts)
+    awaiting = [o["awaiting"] for o in out if "awaiting" in o]
+    # (the first is the greeting's, before any input)
+    assert awaiting[1:] == ["R1_name", "R1_name", "R1_name", "R2_email"], awaiting
