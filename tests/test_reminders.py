@@ -151,7 +151,8 @@ def test_english_and_plural_forms_read_right(content) -> None:
 
     assert left("en", 4) == "4 questions left; the deadline is 1 October 2027."
     assert left("en", 1).startswith("1 question left;")
-    assert left("fr", 4) == "Il reste 4 questions ; la date limite est le 1er octobre 2027."
+    # French typography: a narrow no-break space (U+202F) before the semicolon.
+    assert left("fr", 4) == "Il reste 4 questions\u202f; la date limite est le 1er octobre 2027."
     assert left("ru", 2).startswith("Осталось 2 вопроса;")
     assert left("ru", 5).startswith("Осталось 5 вопросов;")
     assert left("ru", 21).startswith("Остался 21 вопрос;")
