@@ -22,34 +22,61 @@ class MailStore:
         self.channel = channel
 
     async def reply_counts_since(self, since: datetime) -> list[tuple[str, str | None, int]]:
-        return await self.database.transaction(mail_store.reply_counts_since, self.channel,
-                                               since)
+        return await self.database.transaction(mail_store.reply_counts_since, self.channel, since)
 
-    async def reply_counts_for(self, addresses: list[str], since: datetime
-                               ) -> list[tuple[str, str | None, int]]:
-        return await self.database.transaction(mail_store.reply_counts_for, self.channel,
-                                               addresses, since)
+    async def reply_counts_for(
+        self, addresses: list[str], since: datetime
+    ) -> list[tuple[str, str | None, int]]:
+        return await self.database.transaction(
+            mail_store.reply_counts_for, self.channel, addresses, since
+        )
 
     async def report_state(self, user_id: str) -> dict[str, Any] | None:
         return await self.database.transaction(mail_store.report_state, self.channel, user_id)
 
+    async def senders_today(
+        self, addresses: list[str], since: datetime
+    ) -> tuple[dict[str, dict[str, Any] | None], list[tuple[str, str | None, int]]]:
+        """report_state and reply_counts_for of a batch's senders, in one transaction."""
+        return await self.database.transaction(
+            mail_store.senders_today, self.channel, addresses, since
+        )
+
     async def owner_of(self, reference: str) -> str | None:
         return await self.database.transaction(mail_store.owner_of, self.channel, reference)
 
-    async def record_with_notices(self, *, message_id: str, user_id: str | None, payload: str,
-                                  status: str, reason: str,
-                                  notices: list[tuple[str, dict[str, Any]]], now: datetime
-                                  ) -> list[OutboxItem] | None:
+    async def record_with_notices(
+        self,
+        *,
+        message_id: str,
+        user_id: str | None,
+        payload: str,
+        status: str,
+        reason: str,
+        notices: list[tuple[str, dict[str, Any]]],
+        now: datetime,
+    ) -> list[OutboxItem] | None:
         """Keep a message that does not reach the engine, with its notices in the same
         commit; the notices' outbox items, or None when the message was seen before."""
-        ids = await self.database.transaction(partial(
-            mail_store.record_with_notices, channel=self.channel, message_id=message_id,
-            user_id=user_id, payload=payload, status=status, reason=reason, notices=notices,
-            now=now))
+        ids = await self.database.transaction(
+            partial(
+                mail_store.record_with_notices,
+                channel=self.channel,
+                message_id=message_id,
+                user_id=user_id,
+                payload=payload,
+                status=status,
+                reason=reason,
+                notices=notices,
+                now=now,
+            )
+        )
         if ids is None:
             return None
-        return [OutboxItem(oid, self.channel, address, body)
-                for oid, (address, body) in zip(ids, notices, strict=True)]
+        return [
+            OutboxItem(oid, self.channel, address, body)
+            for oid, (address, body) in zip(ids, notices, strict=True)
+        ]
 
 
 __all__ = ["MailStore"]

@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bot.invite_tokens import find_invite_token, verify_invite_token
@@ -53,9 +54,25 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CHANNEL = "email"
-_KINDS = {"form": "question", "digest": "question", "review": "review", "receipt": "receipt",
-          "notice": "info"}
+_KINDS = {
+    "form": "question",
+    "digest": "question",
+    "review": "review",
+    "receipt": "receipt",
+    "notice": "info",
+}
 _MAX_FAILURES = 5  # a message that keeps failing is recorded as failed and moved on
+
+
+@dataclass(frozen=True)
+class _Known:
+    """What a batch read in one transaction about the sender of one of its messages, before
+    any of its turns: their report's state (None: none) and today's reply counts. Only for a
+    sender with no earlier message still in flight, and only that sender's first message in
+    the batch uses it (it is read when the per-message reads would have been queued)."""
+
+    state: dict[str, Any] | None
+    counts: list[tuple[str, str | None, int]]
 
 
 def _header_block(raw: bytes) -> bytes:
@@ -97,26 +114,51 @@ class EmailChannel:
         self.readers = {qid: FormReader(r) for qid, r in self.renderers.items()}
         tr = app.translations
         self.unsubscribe_words = unsubscribe_words(
-            {lang: tr.raw(lang, "mail_word_unsubscribe") for lang in tr.languages})
+            {lang: tr.raw(lang, "mail_word_unsubscribe") for lang in tr.languages}
+        )
         self.budget = ReplyBudget(s.email_daily_reply_cap)
         self.unverified_budget = ReplyBudget(s.email_unverified_reply_cap)
         self.trusted_authserv = (s.email_trust_auth_results or "").strip() or None
-        self.sender = SmtpSender(SmtpConfig(
-            host=s.smtp_host, port=s.smtp_port, security=s.smtp_security, user=s.smtp_user,
-            password=s.smtp_password, cafile=s.smtp_cafile, timeout=s.smtp_timeout,
-            connections=s.smtp_connections))
+        self.sender = SmtpSender(
+            SmtpConfig(
+                host=s.smtp_host,
+                port=s.smtp_port,
+                security=s.smtp_security,
+                user=s.smtp_user,
+                password=s.smtp_password,
+                cafile=s.smtp_cafile,
+                timeout=s.smtp_timeout,
+                connections=s.smtp_connections,
+            )
+        )
         # Mail may wait out a long SMTP outage: ~20 attempts, backing off to 10 minutes.
-        self.dispatcher = OutboxDispatcher(app.database, CHANNEL, self._send,
-                                           on_unreachable=self._unreachable, max_attempts=20,
-                                           max_delay=600.0, lease=s.outbox_lease_seconds,
-                                           sweep_interval=s.outbox_sweep_seconds)
-        self.watcher = ImapWatcher(ImapConfig(
-            host=s.imap_host, port=s.imap_port, user=s.imap_user or "",
-            password=s.imap_password or "", security=s.imap_security, folder=s.imap_folder,
-            processed_folder=s.imap_processed_folder, cafile=s.imap_cafile,
-            idle_seconds=s.imap_idle_seconds, poll_seconds=s.imap_poll_seconds,
-            use_idle=None if s.imap_use_idle else False, max_bytes=s.email_max_bytes),
-            self.handle_batch)
+        self.dispatcher = OutboxDispatcher(
+            app.database,
+            CHANNEL,
+            self._send,
+            on_unreachable=self._unreachable,
+            max_attempts=20,
+            max_delay=600.0,
+            lease=s.outbox_lease_seconds,
+            sweep_interval=s.outbox_sweep_seconds,
+        )
+        self.watcher = ImapWatcher(
+            ImapConfig(
+                host=s.imap_host,
+                port=s.imap_port,
+                user=s.imap_user or "",
+                password=s.imap_password or "",
+                security=s.imap_security,
+                folder=s.imap_folder,
+                processed_folder=s.imap_processed_folder,
+                cafile=s.imap_cafile,
+                idle_seconds=s.imap_idle_seconds,
+                poll_seconds=s.imap_poll_seconds,
+                use_idle=None if s.imap_use_idle else False,
+                max_bytes=s.email_max_bytes,
+            ),
+            self.handle_batch,
+        )
         self._ingest: Leadership | None = None
         self._failures: dict[str, int] = {}
         self._intake = asyncio.Lock()
@@ -148,13 +190,15 @@ class EmailChannel:
         """Today's replies to these addresses as the database counts them, so that the cap
         holds across restarts and replicas (the in-memory counts are only a cache)."""
         wanted = [a for a in dict.fromkeys(addresses) if a]
-        if not wanted:
-            return
-        rows = await self.store.reply_counts_for(wanted, start_of_day())
+        if wanted:
+            self._set_counts(wanted, await self.store.reply_counts_for(wanted, start_of_day()))
+
+    def _set_counts(self, wanted: list[str], rows: list[tuple[str, str | None, int]]) -> None:
         for budget, unverified in ((self.budget, False), (self.unverified_budget, True)):
             for address in wanted:
-                budget.counts[address] = sum(n for a, kind, n in rows if a == address
-                                             and (kind == UNVERIFIED) == unverified)
+                budget.counts[address] = sum(
+                    n for a, kind, n in rows if a == address and (kind == UNVERIFIED) == unverified
+                )
 
     # -- inbound -------------------------------------------------------------------------------
 
@@ -176,13 +220,19 @@ class EmailChannel:
                 self._tails[key] = done
                 if i % 16 == 15:
                     await asyncio.sleep(0)  # parsing is CPU work: let replies go out
+        known = await self._read_senders(items)
 
-        async def run(fetched: Fetched, mail: ParsedMail, key: str,
-                      previous: asyncio.Future | None, done: asyncio.Future) -> bool:
+        async def run(
+            fetched: Fetched,
+            mail: ParsedMail,
+            key: str,
+            previous: asyncio.Future | None,
+            done: asyncio.Future,
+        ) -> bool:
             try:
                 if previous is not None:
                     await asyncio.wait([previous])
-                return await self._process(fetched, mail)
+                return await self._process(fetched, mail, known.get(id(fetched)))
             finally:
                 done.set_result(None)
                 if self._tails.get(key) is done:
@@ -191,18 +241,49 @@ class EmailChannel:
         results = await asyncio.gather(*(run(*item) for item in items))
         return [item[0].uid for item, ok in zip(items, results, strict=True) if ok]
 
+    async def _read_senders(self, items: list[tuple]) -> dict[int, _Known]:
+        """One read for the batch instead of two per message: the report state and today's
+        reply counts of each sender whose previous message is done, for their first message
+        here (id(fetched) -> what was read). On failure, each message reads its own."""
+        first: dict[str, Fetched] = {}
+        for fetched, mail, key, previous, _ in items:
+            if (
+                previous is None
+                and mail.from_address == key
+                and mail.classification.kind == "normal"
+            ):
+                first.setdefault(key, fetched)
+        if not first:
+            return {}
+        try:
+            states, rows = await self.store.senders_today(list(first), start_of_day())
+        except Exception:
+            logger.exception("reading %d senders at once failed; one by one", len(first))
+            return {}
+        counts: dict[str, list[tuple[str, str | None, int]]] = {a: [] for a in first}
+        for row in rows:
+            counts[row[0]].append(row)
+        return {
+            id(fetched): _Known(states.get(address), counts[address])
+            for address, fetched in first.items()
+        }
+
     async def process_raw(self, raw: bytes) -> bool:
         """Process one message outside IMAP (tests, tools); True when it was recorded."""
-        return await self._process(Fetched(0, raw, len(raw)),
-                                   parse_message(raw, max_bytes=self.max_bytes))
+        return await self._process(
+            Fetched(0, raw, len(raw)), parse_message(raw, max_bytes=self.max_bytes)
+        )
 
-    async def _process(self, fetched: Fetched, mail: ParsedMail) -> bool:
+    async def _process(
+        self, fetched: Fetched, mail: ParsedMail, known: _Known | None = None
+    ) -> bool:
         try:
-            recorded = await self._process_one(fetched, mail)
+            recorded = await self._process_one(fetched, mail, known)
         except Exception as exc:
             count = self._failures[mail.message_id] = self._failures.get(mail.message_id, 0) + 1
-            logger.exception("email %s from %s failed (%d)", mail.message_id,
-                             mail.from_address, count)
+            logger.exception(
+                "email %s from %s failed (%d)", mail.message_id, mail.from_address, count
+            )
             if count < _MAX_FAILURES:
                 return False  # stays in the folder; tried again later
             return await self._quarantine(fetched, mail, f"{type(exc).__name__}: {exc}")
@@ -210,27 +291,41 @@ class EmailChannel:
         self.processed += 1
         return recorded
 
-    async def _process_one(self, fetched: Fetched, mail: ParsedMail) -> bool:
+    async def _process_one(self, fetched: Fetched, mail: ParsedMail, known: _Known | None) -> bool:
         sender = mail.from_address
         kind = mail.classification.kind
         if kind != "normal":
-            logger.info("not answering %s from %s: %s (%s)", mail.message_id, sender, kind,
-                        mail.classification.reason)
+            logger.info(
+                "not answering %s from %s: %s (%s)",
+                mail.message_id,
+                sender,
+                kind,
+                mail.classification.reason,
+            )
             note = await note_bounce(self, fetched.raw) if kind == "bounce" else ""
-            await self._record(fetched, mail, status="ignored",
-                               reason=f"{kind}: {mail.classification.reason}{note}")
+            await self._record(
+                fetched,
+                mail,
+                status="ignored",
+                reason=f"{kind}: {mail.classification.reason}{note}",
+            )
             return True
         if self._is_own(sender):
             await self._record(fetched, mail, status="ignored", reason="own_mail: our address")
             return True
         if mail.too_large or fetched.size > self.max_bytes:
-            await self._record(fetched, mail, status="rejected",
-                               reason=f"too large: {fetched.size} bytes (headers kept)",
-                               notice=("mail_too_large", {"size": _size(fetched.size),
-                                                          "limit": _size(self.max_bytes)}))
+            await self._record(
+                fetched,
+                mail,
+                status="rejected",
+                reason=f"too large: {fetched.size} bytes (headers kept)",
+                notice=(
+                    "mail_too_large",
+                    {"size": _size(fetched.size), "limit": _size(self.max_bytes)},
+                ),
+            )
             return True
-        unsubscribe = unsubscribe_request(mail.subject, mail.reply_text,
-                                          self.unsubscribe_words)
+        unsubscribe = unsubscribe_request(mail.subject, mail.reply_text, self.unsubscribe_words)
         if unsubscribe is not None:
             await self._unsubscribe(fetched, mail, unsubscribe.language, unsubscribe.token)
             return True
@@ -246,43 +341,69 @@ class EmailChannel:
                 owner = await self.store.owner_of(claims.ref)
                 delegate = sender
             if claims is None or owner is None:
-                await self._record(fetched, mail, status="rejected",
-                                   reason="reply token forged, expired or unknown",
-                                   notice=("mail_bad_token", {}))
+                await self._record(
+                    fetched,
+                    mail,
+                    status="rejected",
+                    reason="reply token forged, expired or unknown",
+                    notice=("mail_bad_token", {}),
+                )
                 return True
-        state = await self.store.report_state(owner)
+        if owner != sender:
+            known = None  # read for the sender, not for the report's owner
+        state = known.state if known is not None else await self.store.report_state(owner)
         draft = state if _begun(state) else None
         if delegate is None and invited is None:  # an invitation token is proof too
             why = self._unproven(mail, claims, draft)
             if draft is not None and why is not None:
                 # Not shown to be the owner's: nothing changes. The owner gets a notice with
                 # a fresh token, so a genuine mail costs one more reply, a forged one nothing.
-                logger.info("email %s from %s changes nothing: %s", mail.message_id, sender,
-                            why)
-                await self._record(fetched, mail, status="rejected", reason=f"unverified: {why}",
-                                   doc=self._renderer(draft).verify_doc(draft),
-                                   ref=draft["ref"])
+                logger.info("email %s from %s changes nothing: %s", mail.message_id, sender, why)
+                await self._record(
+                    fetched,
+                    mail,
+                    status="rejected",
+                    reason=f"unverified: {why}",
+                    doc=self._renderer(draft).verify_doc(draft),
+                    ref=draft["ref"],
+                )
                 return True
-        await self._count_replies(sender, owner)
+        if known is not None:
+            self._set_counts([sender], known.counts)
+        else:
+            await self._count_replies(sender, owner)
         muted = self.budget.muted({sender, owner})
         if sender in muted:
             log = logger.warning if self.budget.first_refusal(sender) else logger.info
             log("daily reply cap reached for %s: recording without answering", sender)
         text = mail.reply_text or mail.subject
-        reader = self.readers.get((state or {}).get("questionnaire")) \
+        reader = (
+            self.readers.get((state or {}).get("questionnaire"))
             or self.readers[self.app.questionnaire.id]
+        )
         entries, commands = reader.inbound_fields(text, mail.subject)
         detection = None
-        if state is None or (not state.get("lang_explicit")
-                             and state.get("phase") in ("new", "language")):
+        if state is None or (
+            not state.get("lang_explicit") and state.get("phase") in ("new", "language")
+        ):
             detection = self.app.detector.detect(text)  # the first mail's language
         thread = _thread(mail)
-        inbound = Inbound(CHANNEL, owner, mail.message_id, "form", text=text,
-                          language_hint=mail.content_language,
-                          display_name=(mail.from_name or None) if not delegate else None,
-                          raw=encode_raw(fetched.raw), entries=entries, commands=commands,
-                          delegate=delegate, muted=muted, reply_path={"thread": thread},
-                          detection=detection)
+        inbound = Inbound(
+            CHANNEL,
+            owner,
+            mail.message_id,
+            "form",
+            text=text,
+            language_hint=mail.content_language,
+            display_name=(mail.from_name or None) if not delegate else None,
+            raw=encode_raw(fetched.raw),
+            entries=entries,
+            commands=commands,
+            delegate=delegate,
+            muted=muted,
+            reply_path={"thread": thread},
+            detection=detection,
+        )
         result = await self.service.handle(inbound)
         if result.failed and result.respondent_id is None:
             # The database refused the turn: perhaps nothing is recorded. Leave the message in
@@ -292,21 +413,34 @@ class EmailChannel:
         self.budget.spend(item.payload.get("to") or item.address for item in result.outbox)
         return True
 
-    async def _invitation(self, mail: ParsedMail, token: str | None = None
-                          ) -> tuple[int, str] | None:
+    async def _invitation(
+        self, mail: ParsedMail, token: str | None = None
+    ) -> tuple[int, str] | None:
         """(respondent, their address) of the invitation whose token this mail carries
         (plus-address, subject tag, or `token`), when genuine."""
-        candidates = [token] if token else [
-            found for text in (*mail.delivered_to, *mail.to_addresses, *mail.cc_addresses,
-                               mail.subject) if (found := find_invite_token(text))]
+        candidates = (
+            [token]
+            if token
+            else [
+                found
+                for text in (
+                    *mail.delivered_to,
+                    *mail.to_addresses,
+                    *mail.cc_addresses,
+                    mail.subject,
+                )
+                if (found := find_invite_token(text))
+            ]
+        )
         for candidate in candidates:
             invitation = verify_invite_token(self.secret, candidate)
             if invitation is not None:
                 return await self.service.links.respondent_of_invitation(invitation)
         return None
 
-    async def _unsubscribe(self, fetched: Fetched, mail: ParsedMail, lang: str,
-                           token: str | None) -> None:
+    async def _unsubscribe(
+        self, fetched: Fetched, mail: ParsedMail, lang: str, token: str | None
+    ) -> None:
         """Opt the person out (the invitation's, by its token; else the sender's address),
         keep the mail, confirm once (on the unverified budget: From may be forged, and
         the confirmation tells the real owner)."""
@@ -321,17 +455,37 @@ class EmailChannel:
         if mail.can_reply and sender and self.unverified_budget.allows(sender):
             doc = self._renderer(None).notice_doc(lang, "mail_unsubscribed")
             thread = _thread(mail)
-            notices.append({"channel": CHANNEL, "address": sender, "payload": {
-                "text": render_text(doc), "kind": "info", "language": lang, "ref": None,
-                "to": None, **self._envelope(doc, thread, reply=True, index=0),
-                "cap": UNVERIFIED}})
+            notices.append(
+                {
+                    "channel": CHANNEL,
+                    "address": sender,
+                    "payload": {
+                        "text": render_text(doc),
+                        "kind": "info",
+                        "language": lang,
+                        "ref": None,
+                        "to": None,
+                        **self._envelope(doc, thread, reply=True, index=0),
+                        "cap": UNVERIFIED,
+                    },
+                }
+            )
         rid = invited[0] if invited and invited[0] else None
         user = invited[1] if invited else sender
         done = await self.service.links.opt_out(
-            channel=CHANNEL, user_id=user or None, respondent_id=rid,
-            message_id=mail.message_id, payload=encode_raw(fetched.raw), notices=notices)
-        logger.info("email %s from %s: unsubscribe (%s)", mail.message_id, sender,
-                    {True: "opted out", False: "nobody behind it", None: "seen before"}[done])
+            channel=CHANNEL,
+            user_id=user or None,
+            respondent_id=rid,
+            message_id=mail.message_id,
+            payload=encode_raw(fetched.raw),
+            notices=notices,
+        )
+        logger.info(
+            "email %s from %s: unsubscribe (%s)",
+            mail.message_id,
+            sender,
+            {True: "opted out", False: "nobody behind it", None: "seen before"}[done],
+        )
         if done is not None:
             self.unverified_budget.spend(item["address"] for item in notices)
 
@@ -341,8 +495,9 @@ class EmailChannel:
         local, _, domain = address.rpartition("@")
         return domain == self.domain and local.split("+", 1)[0] == self.local
 
-    def _unproven(self, mail: ParsedMail, claims: TokenClaims | None,
-                  report: dict[str, Any] | None) -> str | None:
+    def _unproven(
+        self, mail: ParsedMail, claims: TokenClaims | None, report: dict[str, Any] | None
+    ) -> str | None:
         """Why mail from the owner's own address may not change report; None when it may."""
         if report is None:
             return None  # nothing to protect: a new report starts
@@ -352,18 +507,30 @@ class EmailChannel:
             return f"reply token is for report {claims.ref}, not {report['ref']}"
         why = f"no reply token for report {report['ref']}"
         if self.trusted_authserv:
-            method = verified_from(mail.auth_results, self.trusted_authserv,
-                                   mail.from_address)
+            method = verified_from(mail.auth_results, self.trusted_authserv, mail.from_address)
             if method:
-                logger.info("email %s from %s: no reply token, From proven by %s (%s)",
-                            mail.message_id, mail.from_address, self.trusted_authserv, method)
+                logger.info(
+                    "email %s from %s: no reply token, From proven by %s (%s)",
+                    mail.message_id,
+                    mail.from_address,
+                    self.trusted_authserv,
+                    method,
+                )
                 return None
             why += f", and no aligned DMARC/DKIM/SPF pass from {self.trusted_authserv}"
         return why
 
-    async def _record(self, fetched: Fetched, mail: ParsedMail, *, status: str, reason: str,
-                      notice: tuple[str, dict[str, Any]] | None = None,
-                      doc: Doc | None = None, ref: str | None = None) -> bool:
+    async def _record(
+        self,
+        fetched: Fetched,
+        mail: ParsedMail,
+        *,
+        status: str,
+        reason: str,
+        notice: tuple[str, dict[str, Any]] | None = None,
+        doc: Doc | None = None,
+        ref: str | None = None,
+    ) -> bool:
         """Keep a message that does not reach the engine; a notice (notice: a catalog key
         and values; or doc, with ref to carry a fresh token for that report) goes in the same
         commit. Such mail is not shown to be its sender's, so the notice is counted on the
@@ -380,17 +547,32 @@ class EmailChannel:
             await self._count_replies(sender)
         if doc and mail.can_reply and sender and self.unverified_budget.allows(sender):
             thread = _thread(mail)
-            payload = {"text": render_text(doc), "kind": _KINDS.get(doc.kind, "info"),
-                       "language": doc.language, "ref": ref, "to": None,
-                       **self._envelope(doc, thread, reply=True, index=0), "cap": UNVERIFIED}
+            payload = {
+                "text": render_text(doc),
+                "kind": _KINDS.get(doc.kind, "info"),
+                "language": doc.language,
+                "ref": ref,
+                "to": None,
+                **self._envelope(doc, thread, reply=True, index=0),
+                "cap": UNVERIFIED,
+            }
             items.append((sender, payload))
         elif doc and mail.can_reply and sender:
             log = logger.warning if self.unverified_budget.first_refusal(sender) else logger.info
-            log("daily cap of notices to unverified mail reached for %s: recording without "
-                "answering", sender)
+            log(
+                "daily cap of notices to unverified mail reached for %s: recording without "
+                "answering",
+                sender,
+            )
         created = await self.store.record_with_notices(
-            message_id=mail.message_id, user_id=sender or None, payload=encode_raw(raw),
-            status=status, reason=reason, notices=items, now=self.service.clock())
+            message_id=mail.message_id,
+            user_id=sender or None,
+            payload=encode_raw(raw),
+            status=status,
+            reason=reason,
+            notices=items,
+            now=self.service.clock(),
+        )
         if created:
             self.unverified_budget.spend(item.address for item in created)
             self.dispatcher.enqueue(created)
@@ -400,8 +582,7 @@ class EmailChannel:
         try:
             await self._record(fetched, mail, status="failed", reason=reason[:2000])
         except Exception:
-            logger.exception("cannot even record %s; leaving it in the folder",
-                             mail.message_id)
+            logger.exception("cannot even record %s; leaving it in the folder", mail.message_id)
             return False
         self._failures.pop(mail.message_id, None)
         return True
@@ -414,11 +595,14 @@ class EmailChannel:
         return found.language if found.confident and found.language else "en"
 
     def _renderer(self, state: dict[str, Any] | None) -> FormRenderer:
-        return self.renderers.get((state or {}).get("questionnaire")) \
+        return (
+            self.renderers.get((state or {}).get("questionnaire"))
             or self.renderers[self.app.questionnaire.id]
+        )
 
-    def _envelope(self, doc: Doc, thread: dict[str, Any], *, reply: bool,
-                  index: int) -> dict[str, Any]:
+    def _envelope(
+        self, doc: Doc, thread: dict[str, Any], *, reply: bool, index: int
+    ) -> dict[str, Any]:
         """Subject, HTML and threading headers of one mail answering `thread`."""
         subject = doc.subject
         out: dict[str, Any] = {}
@@ -440,9 +624,13 @@ class EmailChannel:
         """An engine form reply's payload with the mail it stands for: text, HTML, headers."""
         view = p["form"]
         doc = self._renderer(view["state"]).render(view)
-        return {**p, "text": render_text(doc),
-                **self._envelope(doc, p["thread"], reply=p.get("reply", True),
-                                 index=p.get("index", 0))}
+        return {
+            **p,
+            "text": render_text(doc),
+            **self._envelope(
+                doc, p["thread"], reply=p.get("reply", True), index=p.get("index", 0)
+            ),
+        }
 
     # -- outbound ------------------------------------------------------------------------------
 
@@ -460,14 +648,22 @@ class EmailChannel:
             subject = f"{subject} [ref:{token}]"
             reply_to = f"{self.local}+{token}@{self.domain}"
         mid = p.get("mid") or "capbot.{}.{}@{}".format(
-            item.id, hmac.new(self.secret, str(item.id).encode(), "sha256").hexdigest()[:12],
-            self.domain)
+            item.id,
+            hmac.new(self.secret, str(item.id).encode(), "sha256").hexdigest()[:12],
+            self.domain,
+        )
         data = build_message(
-            from_addr=self.from_header, to=to, subject=subject, text=p.get("text", ""),
-            html_body=p.get("html"), message_id=f"<{mid}>", reply_to=reply_to,
+            from_addr=self.from_header,
+            to=to,
+            subject=subject,
+            text=p.get("text", ""),
+            html_body=p.get("html"),
+            message_id=f"<{mid}>",
+            reply_to=reply_to,
             in_reply_to=_angle(p.get("in_reply_to")),
             references=[r for r in map(_angle, p.get("references") or []) if r],
-            language=p.get("language"))
+            language=p.get("language"),
+        )
         await self.sender.send(self.from_address, [to], data)
 
     def _default_subject(self, lang: str) -> str:
@@ -475,26 +671,30 @@ class EmailChannel:
         return renderer.tr.raw(lang, "title", renderer.qn.id)
 
     async def _unreachable(self, item: OutboxItem, why: str) -> None:
-        logger.warning("email to %s refused permanently: %s", item.payload.get("to")
-                       or item.address, why)
+        logger.warning(
+            "email to %s refused permanently: %s", item.payload.get("to") or item.address, why
+        )
 
 
 def _thread(mail: ParsedMail) -> dict[str, Any]:
     """What a reply to `mail` needs to thread under it."""
-    return {"message_id": mail.message_id, "subject": mail.subject,
-            "references": list(mail.references[-10:]),
-            "synthesized": mail.message_id_synthesized}
+    return {
+        "message_id": mail.message_id,
+        "subject": mail.subject,
+        "references": list(mail.references[-10:]),
+        "synthesized": mail.message_id_synthesized,
+    }
 
 
 def _begun(state: dict[str, Any] | None) -> bool:
     """Whether a report has begun (a first mail starts one; until then nothing to protect)."""
-    return bool(state and state.get("ref")
-                and (state.get("phase") != "new" or state.get("answers")))
+    return bool(
+        state and state.get("ref") and (state.get("phase") != "new" or state.get("answers"))
+    )
 
 
 def _size(n: int) -> str:
     return f"{n / 1_000_000:.1f} MB" if n >= 100_000 else f"{max(1, n // 1000)} kB"
 
 
-__all__ = ["CHANNEL", "EmailChannel", "ReplyBudget", "decode_raw", "encode_raw",
-           "reply_subject"]
+__all__ = ["CHANNEL", "EmailChannel", "ReplyBudget", "decode_raw", "encode_raw", "reply_subject"]
