@@ -3,6 +3,9 @@ included, answers 500 Internal Server Error or hangs past the client's read time
 parts: capbot's Telegram channel (PTB, long polling) against the Bot API fake on loopback,
 SQLite.
 
+Reduced by default (8 respondents, faults until each kind hit a few times, ~10 s);
+CAPBOT_FULL_FAULT_TEST=1: 20 respondents and two minutes of faults.
+
 Checked: every update the users sent is stored once and every respondent gets through the whole
 questionnaire (no update lost); every reply reaches its chat exactly once, in the same number
 as without faults (the fake fails a call before handling it, so a retry cannot double it);
@@ -17,6 +20,7 @@ import itertools
 import logging
 import os
 import re
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -28,7 +32,10 @@ from testkit.respondents import Respondent, duplicate_sends
 from tests.telegram.harness import running
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*retry_after:DeprecationWarning")
-USERS = int(os.environ.get("CAPBOT_FAULT_USERS", "8"))
+FULL = os.environ.get("CAPBOT_FULL_FAULT_TEST", "").strip() in {"1", "true", "yes"}
+USERS = 20 if FULL else 8
+# Full size: the faults last two minutes, respondents thinking ~2 s an answer meanwhile.
+FAULT_SECONDS, THINK = (120.0, 2.0) if FULL else (0.0, 0.0)
 WAIT = 120.0  # seconds a respondent waits for the bot at most: an upper bound
 RETRY = re.compile(r"send to \S+ failed \((?P<why>.*)\); retry (?P<n>\d+) in (?P<s>[\d.]+)s")
 
@@ -49,7 +56,11 @@ async def test_500s_and_timeouts_lose_no_update_and_deliver_each_reply_once(
         # timeout), while USERS respondents go through the questionnaire at once.
         api.set_faults(error_rate=0.25, stall_rate=0.04, stall_seconds=6.0, seed=13)
         users = [api.user(900_001 + n, language_code="en") for n in range(USERS)]
-        runs = [asyncio.create_task(Respondent(api, u, wait=WAIT).run()) for u in users]
+        runs = [
+            asyncio.create_task(Respondent(api, u, wait=WAIT, think=THINK, seed=n).run())
+            for n, u in enumerate(users)
+        ]
+        started = time.monotonic()
         # "For a while": until enough of each fault hit, getUpdates and sends alike.
         failed = lambda method: sum(  # noqa: E731
             1 for r in api.requests if r.method.lower() == method and r.status >= 500
@@ -62,7 +73,9 @@ async def test_500s_and_timeouts_lose_no_update_and_deliver_each_reply_once(
             ),
             WAIT,
         )
+        await asyncio.sleep(max(0.0, FAULT_SECONDS - (time.monotonic() - started)))
         faults = dict(api.faults_injected)
+        seconds = time.monotonic() - started
         api.set_faults()
         await asyncio.wait_for(asyncio.gather(*runs), WAIT * 2)
         await asyncio.wait_for(bot.channel.dispatcher.wait_idle(), WAIT)
@@ -115,6 +128,7 @@ async def test_500s_and_timeouts_lose_no_update_and_deliver_each_reply_once(
     calls = len(api.requests)
     print(
         f"\n{USERS} respondents, {len(sent)} updates, {calls} Bot API calls: {faults} faults "
-        f"injected ({failed('getupdates')} getUpdates and {failed('sendmessage')} sendMessage "
+        f"injected over {seconds:.0f} s "
+        f"({failed('getupdates')} getUpdates and {failed('sendmessage')} sendMessage "
         f"failed), deepest retry {deepest}; {expected} messages a chat, 0 duplicates"
     )
