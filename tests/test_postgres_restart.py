@@ -184,6 +184,14 @@ async def _diagnose(url: str, api: FakeBotApi, chat: int) -> str:
                     f"  outbox {r[0]} {r[1]} attempts={r[2]} {r[3]:%H:%M:%S.%f} "
                     f"{r[4]} {r[5].get('question')} {str(r[5].get('text'))[:70]!r}"
                 )
+            for r in await conn.execute(
+                text("SELECT state FROM respondents WHERE channel_user_id = :c"), {"c": str(chat)}
+            ):
+                state = r[0] or {}
+                lines.append(
+                    f"  state {state.get('phase')} {state.get('at')} {state.get('stack')}"
+                )
+                lines.append(f"  answers {sorted(state.get('answers', {}))}")
     finally:
         await db.dispose()
     return "\n".join(lines)
