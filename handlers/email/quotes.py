@@ -130,6 +130,8 @@ def _is_quoted(norm: str) -> bool:
 
 def _is_own_line(line: str) -> bool:
     """Whether _norm(line) is neither empty nor ">"-quoted, without normalizing it all."""
+    if line.startswith(">"):  # most of a quoted form: neither space nor a bidi mark first
+        return False
     head = (line if line.isascii() else _BIDI.sub("", line)).lstrip()
     return bool(head) and not head.startswith(">")
 
