@@ -31,6 +31,7 @@ from typing import Any
 
 from bot.app import build_app
 from bot.config import load_settings
+from bot.server import email_channel
 from handlers.email.channel import EmailChannel
 from handlers.email.imap import ImapConfig, ImapWatcher
 from handlers.email.parsing import parse_message
@@ -256,7 +257,7 @@ async def prepare(settings, n: int, capture: CaptureProcess) -> tuple[Any, Email
     out of the figures). Without the token a reply would be refused as unverified (From is
     easy to forge) and record nothing."""
     app = await build_app(settings)
-    channel = EmailChannel(app)
+    channel = email_channel(app)
     app.service.on_outbox(channel.dispatcher.enqueue)
     await channel.dispatcher.start()
     langs = list(LANGS)

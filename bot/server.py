@@ -14,6 +14,7 @@ from bot.config import Settings
 from bot.reminding import Reminders, ReminderScheduler
 
 if TYPE_CHECKING:
+    from handlers.email.channel import EmailChannel
     from handlers.telegram.channel import TelegramChannel
 
 logger = logging.getLogger(__name__)
@@ -44,9 +45,31 @@ def telegram_channel(app: App, **options: Any) -> TelegramChannel:
     poll_timeout, start_attempts)."""
     from handlers.telegram.channel import TelegramChannel
 
-    return TelegramChannel(service=app.service, settings=app.settings,
-                           translations=app.translations, questionnaires=app.questionnaires,
-                           database=app.database, leaders=app.leaders, **options)
+    return TelegramChannel(
+        service=app.service,
+        settings=app.settings,
+        translations=app.translations,
+        questionnaires=app.questionnaires,
+        database=app.database,
+        leaders=app.leaders,
+        **options,
+    )
+
+
+def email_channel(app: App) -> EmailChannel:
+    """The email channel, given what it uses of the app."""
+    from handlers.email.channel import EmailChannel
+
+    return EmailChannel(
+        service=app.service,
+        settings=app.settings,
+        translations=app.translations,
+        engines=app.engines,
+        default_questionnaire=app.questionnaire.id,
+        detector=app.detector,
+        database=app.database,
+        leaders=app.leaders,
+    )
 
 
 def build_channels(app: App) -> list[Channel]:
@@ -56,29 +79,36 @@ def build_channels(app: App) -> list[Channel]:
         channels.append(telegram_channel(app))
     if settings.email_enabled:
         settings.check_email()
-        from handlers.email.channel import EmailChannel
         from handlers.email.invitation_mail import invitation_sender
         from handlers.email.lead import lead_sender
 
-        email = EmailChannel(app)
+        email = email_channel(app)
         # Reminders queued by `capbot remind` or the scheduler are form mails with a lead;
         # invitations (`capbot invite`) have their own headers; both go at CAPBOT_EMAIL_RATE.
         email.dispatcher.send = invitation_sender(
-            email, lead_sender(email, email.dispatcher.send), rate=settings.email_rate)
+            email, lead_sender(email, email.dispatcher.send), rate=settings.email_rate
+        )
         channels.append(email)
     return channels
 
 
 def build_scheduler(app: App, channels: list[Channel]) -> ReminderScheduler:
     """The reminder loop, handing what it queues to the running channels' senders."""
+
     def publish(rows: list) -> None:
         for channel in channels:
             dispatcher = getattr(channel, "dispatcher", None)
             if dispatcher is not None:
                 dispatcher.enqueue(rows)  # each dispatcher takes its own channel's rows
 
-    reminders = Reminders(app.database, app.engines, app.questionnaire.id, app.translations,
-                          app.settings.reminder_policy, publish=publish)
+    reminders = Reminders(
+        app.database,
+        app.engines,
+        app.questionnaire.id,
+        app.translations,
+        app.settings.reminder_policy,
+        publish=publish,
+    )
     return ReminderScheduler(reminders, every=app.settings.reminder_check_seconds)
 
 
@@ -105,8 +135,11 @@ async def serve(settings: Settings, *, stop_event: asyncio.Event | None = None) 
             # (bot/leaders.py; at once on SQLite). Were two to run, the conditional count
             # in storage/reminders_store.py would still remind nobody twice.
             await app.leaders.run(REMINDERS_JOB, lambda: job)
-            logger.info("reminders: on (every %.0f s, in the replica leading %r)",
-                        settings.reminder_check_seconds, REMINDERS_JOB)
+            logger.info(
+                "reminders: on (every %.0f s, in the replica leading %r)",
+                settings.reminder_check_seconds,
+                REMINDERS_JOB,
+            )
         await stop.wait()
         logger.info("stopping")
     finally:

@@ -63,14 +63,16 @@ class Courier:
         self.dispatchers["telegram"] = channel.dispatcher
 
     async def _email(self) -> None:
-        from handlers.email.channel import EmailChannel
+        from bot.server import email_channel
         from handlers.email.invitation_mail import invitation_sender
         from handlers.email.lead import lead_sender
 
-        channel = EmailChannel(self.app)
+        channel = email_channel(self.app)
         channel.dispatcher.send = invitation_sender(
-            channel, lead_sender(channel, channel.dispatcher.send),
-            rate=self.app.settings.email_rate)
+            channel,
+            lead_sender(channel, channel.dispatcher.send),
+            rate=self.app.settings.email_rate,
+        )
         self.invitations = channel.invitations  # invitations sent, counted on their rows
 
         async def close() -> None:

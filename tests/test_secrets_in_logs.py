@@ -34,8 +34,8 @@ import pytest
 
 from bot.config import load_settings
 from bot.logs import LIBRARIES, configure_logging
+from bot.server import email_channel as build_email_channel
 from bot.webhook import webhook_secret
-from handlers.email.channel import EmailChannel
 from testkit.dovecot import Dovecot
 from testkit.fake_bot_api import FakeBotApi
 from testkit.ports import free_port
@@ -161,7 +161,7 @@ async def test_no_secret_in_logs_replies_or_exports_of_a_full_debug_run(
             async with running(make_app, db_url, api, **settings) as bot:
                 if mode == "webhook":
                     assert api.webhook and api.webhook["secret_token"] == derived
-                email_channel = EmailChannel(bot.app)
+                email_channel = build_email_channel(bot.app)
                 await email_channel.start()
                 try:
                     await _telegram_conversation(bot, api)

@@ -43,8 +43,11 @@ class BounceFacts:
 
 def bounce_facts(raw: bytes) -> BounceFacts:
     msg = email.message_from_bytes(raw, policy=email.policy.compat32)
-    report = str(msg.get_param("report-type", "") or "").lower() \
-        if msg.get_content_type() == "multipart/report" else ""
+    report = (
+        str(msg.get_param("report-type", "") or "").lower()
+        if msg.get_content_type() == "multipart/report"
+        else ""
+    )
     actions: list[str] = []
     reasons: list[str] = []
     returned: list[str] = []  # header blocks of the original mail
@@ -58,8 +61,11 @@ def bounce_facts(raw: bytes) -> BounceFacts:
                     actions.append(action)
                 status = (block.get("Status") or "").strip()
                 diagnostic = " ".join((block.get("Diagnostic-Code") or "").split())
-                recipient = (block.get("Final-Recipient") or block.get("Original-Recipient")
-                             or "").split(";")[-1].strip()
+                recipient = (
+                    (block.get("Final-Recipient") or block.get("Original-Recipient") or "")
+                    .split(";")[-1]
+                    .strip()
+                )
                 if status or diagnostic:
                     reasons.append(" ".join(x for x in (recipient, status, diagnostic) if x))
         elif ctype == "text/rfc822-headers":
@@ -71,8 +77,7 @@ def bounce_facts(raw: bytes) -> BounceFacts:
                 returned.append("".join(f"{k}: {v}\n" for k, v in inner.items()))
         elif ctype.startswith("text/"):
             texts.append(_text(part))
-    failed = report != "feedback-report" and (not actions or any(a in _FAILED
-                                                                  for a in actions))
+    failed = report != "feedback-report" and (not actions or any(a in _FAILED for a in actions))
     tokens = []
     for text in (*returned, *texts):
         for line in text.splitlines():
@@ -94,8 +99,9 @@ def _status_blocks(part: Message) -> list[Message]:
     if isinstance(payload, list):
         return [p for p in payload if isinstance(p, Message)]
     text = payload if isinstance(payload, str) else ""
-    return [email.message_from_string(block) for block in re.split(r"\n\s*\n", text)
-            if block.strip()]
+    return [
+        email.message_from_string(block) for block in re.split(r"\n\s*\n", text) if block.strip()
+    ]
 
 
 def _text(part: Message) -> str:
@@ -122,9 +128,10 @@ async def note_bounce(channel: EmailChannel, raw: bytes) -> str:
     if book is None:
         from bot.invitations import InvitationBook
 
-        book = channel.invitations = InvitationBook(channel.app.database)  # type: ignore[attr-defined]
-    found = await book.undeliverable(reason=f"bounced: {facts.reason}", invitation_ids=ids,
-                                     message_ids=facts.message_ids)
+        book = channel.invitations = InvitationBook(channel.database)  # type: ignore[attr-defined]
+    found = await book.undeliverable(
+        reason=f"bounced: {facts.reason}", invitation_ids=ids, message_ids=facts.message_ids
+    )
     return f"; invitation {found} undeliverable" if found is not None else ""
 
 

@@ -48,8 +48,12 @@ from .tokens import TokenClaims, make_token, verify_token
 from .unsubscribe import unsubscribe_request, unsubscribe_words
 
 if TYPE_CHECKING:
-    from bot.app import App
-    from bot.leaders import Leadership
+    from bot.config import Settings
+    from bot.engine import Engine
+    from bot.i18n import Translations
+    from bot.language import LanguageDetector
+    from bot.leaders import Leaders, Leadership
+    from bot.service import ConversationService
 
 logger = logging.getLogger(__name__)
 
@@ -95,13 +99,28 @@ class EmailChannel:
 
     name = CHANNEL
 
-    def __init__(self, app: App) -> None:
-        s = app.settings
+    def __init__(
+        self,
+        *,
+        service: ConversationService,
+        settings: Settings,
+        translations: Translations,
+        engines: dict[str, Engine],
+        default_questionnaire: str,
+        detector: LanguageDetector,
+        database: Any,  # storage's Database: the outbox and MailStore run on it
+        leaders: Leaders,
+    ) -> None:
+        """Given what it uses, not the whole App (bot/server.py email_channel builds it)."""
+        s = settings
         s.check_email()
         assert s.imap_host and s.smtp_host and s.email_from and s.secret_key
-        self.app = app
-        self.service = app.service
-        self.store = MailStore(app.database, CHANNEL)
+        self.service = service
+        self.database = database
+        self.leaders = leaders
+        self.detector = detector
+        self.default_questionnaire = default_questionnaire  # its id: for new respondents
+        self.store = MailStore(database, CHANNEL)
         self.secret = s.secret_key.encode("utf-8")
         self.from_address = normalize_address(s.email_from)
         if not self.from_address:
@@ -110,9 +129,9 @@ class EmailChannel:
         self.local = local.split("+", 1)[0]
         self.from_header = format_address(s.email_from_name, self.from_address)
         self.max_bytes = s.email_max_bytes
-        self.renderers = {qid: FormRenderer(engine) for qid, engine in app.engines.items()}
+        self.renderers = {qid: FormRenderer(engine) for qid, engine in engines.items()}
         self.readers = {qid: FormReader(r) for qid, r in self.renderers.items()}
-        tr = app.translations
+        tr = translations
         self.unsubscribe_words = unsubscribe_words(
             {lang: tr.raw(lang, "mail_word_unsubscribe") for lang in tr.languages}
         )
@@ -133,7 +152,7 @@ class EmailChannel:
         )
         # Mail may wait out a long SMTP outage: ~20 attempts, backing off to 10 minutes.
         self.dispatcher = OutboxDispatcher(
-            app.database,
+            database,
             CHANNEL,
             self._send,
             on_unreachable=self._unreachable,
@@ -172,7 +191,7 @@ class EmailChannel:
         self.service.on_outbox(self.dispatcher.enqueue)
         await self.dispatcher.start()  # mail left pending by a crash goes first
         # Every replica sends mail; one at a time reads this mailbox (bot/leaders.py).
-        self._ingest = await self.app.leaders.run(self.watcher.job_name, self.watcher.as_job)
+        self._ingest = await self.leaders.run(self.watcher.job_name, self.watcher.as_job)
 
     async def stop(self) -> None:
         if self._ingest is not None:
@@ -379,14 +398,14 @@ class EmailChannel:
         text = mail.reply_text or mail.subject
         reader = (
             self.readers.get((state or {}).get("questionnaire"))
-            or self.readers[self.app.questionnaire.id]
+            or self.readers[self.default_questionnaire]
         )
         entries, commands = reader.inbound_fields(text, mail.subject)
         detection = None
         if state is None or (
             not state.get("lang_explicit") and state.get("phase") in ("new", "language")
         ):
-            detection = self.app.detector.detect(text)  # the first mail's language
+            detection = self.detector.detect(text)  # the first mail's language
         thread = _thread(mail)
         inbound = Inbound(
             CHANNEL,
@@ -591,13 +610,13 @@ class EmailChannel:
         hinted = normalize_language_tag(mail.content_language)
         if hinted:
             return hinted
-        found = self.app.detector.detect(mail.reply_text or mail.subject)
+        found = self.detector.detect(mail.reply_text or mail.subject)
         return found.language if found.confident and found.language else "en"
 
     def _renderer(self, state: dict[str, Any] | None) -> FormRenderer:
         return (
             self.renderers.get((state or {}).get("questionnaire"))
-            or self.renderers[self.app.questionnaire.id]
+            or self.renderers[self.default_questionnaire]
         )
 
     def _envelope(

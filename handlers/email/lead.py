@@ -46,8 +46,10 @@ def lead_sender(channel: EmailChannel, send: Sender) -> Sender:
 def render_led(channel: EmailChannel, p: dict[str, Any]) -> dict[str, Any]:
     view = p["form"]
     state = view["state"]
-    renderer = channel.renderers.get(state.get("questionnaire")) \
-        or channel.renderers[channel.app.questionnaire.id]
+    renderer = (
+        channel.renderers.get(state.get("questionnaire"))
+        or channel.renderers[channel.default_questionnaire]
+    )
     headers = channel._rendered(p)  # threading headers and Message-ID, as for any form mail
     doc = renderer.render(view)
     ref_line = None if state.get("ref") else renderer.tr.t(state["lang"], "mail_ref", ref="")

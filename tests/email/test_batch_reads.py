@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from handlers.email.channel import EmailChannel
+from bot.server import email_channel
 from handlers.email.tokens import make_token
 from storage.models import answers, inbound_messages, respondents
 from testkit.imap import ImapSettings
@@ -35,7 +35,7 @@ async def idle(
     """Like `env`, with the channel not started yet."""
     extra = getattr(request, "param", {})
     app = await make_app(sqlite_url, **settings_for(imap_server, smtp_server.port, **extra))
-    channel = EmailChannel(app)
+    channel = email_channel(app)
     try:
         yield Env(app, channel, imap_server.server, smtp_server, imap_server.address)
     finally:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from handlers.email.channel import EmailChannel, decode_raw
+from bot.server import email_channel
+from handlers.email.channel import decode_raw
 from handlers.email.smtp import SmtpConfig, SmtpSender
 from handlers.email.tokens import find_token, make_token
 from storage.models import answers, events, inbound_messages, outbox, submissions
@@ -43,35 +44,41 @@ from tests.email.support import (
 JOURNEYS = {
     "es": {
         "hello": "Buenos días, quisiera responder al cuestionario sobre creación de capacidad "
-                 "en seguridad de la biotecnología de mi ministerio.",
+        "en seguridad de la biotecnología de mi ministerio.",
         "first": "Hola:\n\nLe envío mis primeras respuestas.\n\n1. María Lópes\n3. Ministerio "
-                 "del Ambiente\n4. 1\n6. Ecuador\n7. Sí\n\nSaludos cordiales,\nMaría",
+        "del Ambiente\n4. 1\n6. Ecuador\n7. Sí\n\nSaludos cordiales,\nMaría",
         "second": "2. maria.lopez@ambiente.example.ec\n1. María López\n8. Taller nacional de "
-                  "evaluación del riesgo\n9. 2\n10. 1, 3\n11. Nacional\n12. ec\n13. 4\n"
-                  "14. 2023-05\n15. mañana",
+        "evaluación del riesgo\n9. 2\n10. 1, 3\n11. Nacional\n12. ec\n13. 4\n"
+        "14. 2023-05\n15. mañana",
         "third": "15. 2023-11\n16. 3, 4\n18. 1\n22. 45\n25. 15000 USD\n28. No\n29. Sí\n30. 1\n"
-                 "31. 3, 4\n39. Sí",
-        "name": "María López", "org": "Ministerio del Ambiente", "country": "ec",
+        "31. 3, 4\n39. Sí",
+        "name": "María López",
+        "org": "Ministerio del Ambiente",
+        "country": "ec",
     },
     "zh": {
         "hello": "您好，我想填写关于生物安全能力建设的调查问卷，谢谢。",
         "first": "您好：\n\n以下是我的部分答复。\n\n1、王芳芳\n3、生态环境部\n4、1\n6、中国\n"
-                 "7、是\n\n此致",
+        "7、是\n\n此致",
         "second": "2. wang.fang@mee.example.cn\n1. 王芳\n8. 全国生物安全风险评估培训班\n"
-                  "9. 2\n10. 1、3\n11. 3\n12. cn\n13. 4\n14. 2023-05\n15. 明天",
+        "9. 2\n10. 1、3\n11. 3\n12. cn\n13. 4\n14. 2023-05\n15. 明天",
         "third": "15. 2023年11月\n16. 3、4\n18. 1\n22. 45\n25. 15000 USD\n28. 否\n29. 是\n"
-                 "30. 1\n31. 3、4\n39. 是",
-        "name": "王芳", "org": "生态环境部", "country": "cn",
+        "30. 1\n31. 3、4\n39. 是",
+        "name": "王芳",
+        "org": "生态环境部",
+        "country": "cn",
     },
     "ar": {
         "hello": "مرحباً، أود الإجابة عن استبيان بناء القدرات في مجال السلامة الأحيائية.",
         "first": "مرحباً،\n\nإليكم إجاباتي الأولى:\n\n١. أحمد عليي\n٣. وزارة البيئة\n٤. ١\n"
-                 "٦. مصر\n٧. نعم\n\nمع أطيب التحيات،\nأحمد",
+        "٦. مصر\n٧. نعم\n\nمع أطيب التحيات،\nأحمد",
         "second": "2. ahmed.ali@eeaa.example.eg\n1. أحمد علي\n8. ورشة عمل وطنية لتقييم المخاطر\n"
-                  "9. 2\n10. 1، 3\n11. 3\n12. eg\n13. 4\n14. 2023-05\n15. غدا",
+        "9. 2\n10. 1، 3\n11. 3\n12. eg\n13. 4\n14. 2023-05\n15. غدا",
         "third": "15. 2023-11\n16. 3، 4\n18. 1\n22. ٤٥\n25. 15000 USD\n28. لا\n29. نعم\n30. 1\n"
-                 "31. 3، 4\n39. نعم",
-        "name": "أحمد علي", "org": "وزارة البيئة", "country": "eg",
+        "31. 3، 4\n39. نعم",
+        "name": "أحمد علي",
+        "org": "وزارة البيئة",
+        "country": "eg",
     },
 }
 
@@ -123,8 +130,10 @@ async def test_the_whole_questionnaire_by_mail(env: Env, lang: str) -> None:
     assert sub.status == "submitted" and sub.language == lang and sub.channel == "email"
     assert sub.reference in text
     assert tr.t(lang, "submitted", ref=sub.reference, version=1) in text
-    stored = {(r.question_id, r.repeat_index): r.value
-              for r in await env.rows(answers, answers.c.submission_id == sub.id)}
+    stored = {
+        (r.question_id, r.repeat_index): r.value
+        for r in await env.rows(answers, answers.c.submission_id == sub.id)
+    }
     assert stored[("R1_name", 0)] == j["name"]
     assert stored[("R3_org", 0)] == j["org"]
     assert stored[("R5_country", 0)] == j["country"]
@@ -146,8 +155,13 @@ async def test_the_whole_questionnaire_by_mail(env: Env, lang: str) -> None:
 
 
 async def test_auto_replies_bounces_and_lists_are_recorded_never_answered(env: Env) -> None:
-    for name in ("ooo_exchange_en.eml", "ooo_gmail_vacation_fr.eml", "bounce_dsn.eml",
-                 "mailing_list.eml", "own_mail.eml"):
+    for name in (
+        "ooo_exchange_en.eml",
+        "ooo_gmail_vacation_fr.eml",
+        "bounce_dsn.eml",
+        "mailing_list.eml",
+        "own_mail.eml",
+    ):
         await env.deliver((FIXTURES / name).read_bytes())
     await env.deliver((FIXTURES / "bounce_postmaster_plain.eml").read_bytes(), mail_from="")
     # A real person afterwards: once answered, everything before was handled.
@@ -158,8 +172,12 @@ async def test_auto_replies_bounces_and_lists_are_recorded_never_answered(env: E
     rows = {r.channel_message_id: r for r in await env.rows(inbound_messages)}
     ignored = [r for r in rows.values() if r.status == "ignored"]
     assert len(ignored) == 6
-    assert {r.reason.split(":")[0] for r in ignored} == {"auto_reply", "bounce", "list",
-                                                         "own_mail"}
+    assert {r.reason.split(":")[0] for r in ignored} == {
+        "auto_reply",
+        "bounce",
+        "list",
+        "own_mail",
+    }
     assert await env.rows(outbox, outbox.c.address != "someone@example.net") == []
     assert env.dovecot.list_uids(None) == []
 
@@ -203,8 +221,9 @@ async def test_replies_per_address_are_capped_per_day(env: Env) -> None:
     await person.answer("1. Chatty")
     assert person.last is not None
     reply_to = person.last["Reply-To"]  # the third reply (with its token) gets no answer
-    await env.deliver(person.compose("2. chatty@example.net", to=reply_to), to=reply_to,
-                      mail_from=person.address)
+    await env.deliver(
+        person.compose("2. chatty@example.net", to=reply_to), to=reply_to, mail_from=person.address
+    )
     other = Person(env, "other@example.net", "Other")
     await other.write("Hello, I would like to answer the capacity-building questionnaire.")
     await env.settle()
@@ -217,12 +236,21 @@ async def test_replies_per_address_are_capped_per_day(env: Env) -> None:
 async def test_replies_another_process_sent_today_count_against_the_cap(env: Env) -> None:
     """A second replica (or this one before a restart) already answered twice today: the
     cap is counted in the database, not in this process's memory."""
-    await env.app.service.store.add_outbox([
-        {"channel": "email", "address": "busy@example.net",
-         "payload": {"text": "an earlier reply", "kind": "info"}} for _ in range(2)])
+    await env.app.service.store.add_outbox(
+        [
+            {
+                "channel": "email",
+                "address": "busy@example.net",
+                "payload": {"text": "an earlier reply", "kind": "info"},
+            }
+            for _ in range(2)
+        ]
+    )
     person = Person(env, "busy@example.net", "Busy")
-    await env.deliver(person.compose("Hello, I would like to answer the questionnaire."),
-                      mail_from=person.address)
+    await env.deliver(
+        person.compose("Hello, I would like to answer the questionnaire."),
+        mail_from=person.address,
+    )
     await env.settle()
     assert "busy@example.net" not in [m.message["To"] for m in env.smtp.messages]
     (row,) = await env.rows(inbound_messages)
@@ -234,12 +262,16 @@ async def test_replies_another_process_sent_today_count_against_the_cap(env: Env
 
 async def test_a_colleague_replying_to_the_form_answers_for_the_owner(env: Env) -> None:
     owner = Person(env, "maria.lopez@ambiente.example.es", "María López", "es")
-    form = await owner.write("Buenos días, quisiera responder al cuestionario de creación de "
-                             "capacidad.")
+    form = await owner.write(
+        "Buenos días, quisiera responder al cuestionario de creación de capacidad."
+    )
     # Pedro got the form forwarded and replies to it (the token comes with the address).
     pedro = Person(env, "pedro.gomez@ambiente.example.es", "Pedro Gómez", "es", last=form)
-    raw = pedro.compose("Respondo en nombre de María.\n\n3. Ministerio del Ambiente\n4. 1",
-                        subject="RE: " + form["Subject"], to=form["Reply-To"])
+    raw = pedro.compose(
+        "Respondo en nombre de María.\n\n3. Ministerio del Ambiente\n4. 1",
+        subject="RE: " + form["Subject"],
+        to=form["Reply-To"],
+    )
     await env.deliver(raw, to=form["Reply-To"], mail_from=pedro.address)
     to_maria, to_pedro = sorted(await env.replies(2), key=lambda m: m["To"])
     assert to_pedro["To"] == pedro.address and to_maria["To"] == owner.address
@@ -263,29 +295,35 @@ async def test_a_forged_or_expired_token_is_refused_politely(env: Env, kind: str
     if kind == "forged":
         token = "hdiew4rblv6e5nrateh742b42q2htsvay6yiq"  # signed with another key
     else:
-        token = make_token(b"test-secret", "CB-ABCDEFG", person.address,
-                           int(time.time()) - 100 * 86_400)
-    reply = await person.write("1. Mallory\n3. Evil Corp",
-                               subject=f"Re: Questionnaire [ref:{token}]",
-                               to=f"bot+{token}@{env.bot.split('@')[1]}")
+        token = make_token(
+            b"test-secret", "CB-ABCDEFG", person.address, int(time.time()) - 100 * 86_400
+        )
+    reply = await person.write(
+        "1. Mallory\n3. Evil Corp",
+        subject=f"Re: Questionnaire [ref:{token}]",
+        to=f"bot+{token}@{env.bot.split('@')[1]}",
+    )
     assert "not valid or has expired" in body_of(reply)
     (row,) = await env.rows(inbound_messages)
     assert row.status == "rejected" and "token" in row.reason
     assert await env.rows(answers) == []
 
 
-async def test_on_postgresql(imap_server: ImapSettings, smtp_server: SmtpCapture, make_app,
-                             postgres_url: str) -> None:
+async def test_on_postgresql(
+    imap_server: ImapSettings, smtp_server: SmtpCapture, make_app, postgres_url: str
+) -> None:
     app = await make_app(postgres_url, **settings_for(imap_server, smtp_server.port))
-    channel = EmailChannel(app)
+    channel = email_channel(app)
     await channel.start()
     try:
         env = Env(app, channel, imap_server.server, smtp_server, imap_server.address)
         await env.deliver((FIXTURES / "ooo_exchange_en.eml").read_bytes())
         person = Person(env, "pg@example.net", "PG")
         await person.write("Hello, I would like to answer the capacity-building questionnaire.")
-        await person.answer("1. Amina Diallo\n2. amina@example.org\n3. Green Action\n4. 5\n"
-                            "7. No\n29. No\n30. 3\n39. Yes")
+        await person.answer(
+            "1. Amina Diallo\n2. amina@example.org\n3. Green Action\n4. 5\n"
+            "7. No\n29. No\n30. 3\n39. Yes"
+        )
         receipt = await person.answer("SUBMIT", quote=False)
         assert "Reference number" in body_of(receipt)
         (sub,) = await env.rows(submissions)
@@ -315,22 +353,33 @@ async def test_a_connection_killed_mid_idle_reconnects(env: Env) -> None:
     assert reply["To"] == "second@example.net"
 
 
-@pytest.mark.parametrize("env", [{"imap_use_idle": False, "imap_poll_seconds": 0.3}],
-                         indirect=True)
+@pytest.mark.parametrize(
+    "env", [{"imap_use_idle": False, "imap_poll_seconds": 0.3}], indirect=True
+)
 async def test_polling_when_idle_is_not_used(env: Env) -> None:
     assert not env.channel.watcher.idle_supported
     person = Person(env, "poller@example.net", "Poller")
-    reply = await person.write("Hello, I would like to answer the capacity-building "
-                               "questionnaire.")
+    reply = await person.write(
+        "Hello, I would like to answer the capacity-building questionnaire."
+    )
     assert reply["To"] == person.address
 
 
 async def test_imaps_and_a_processed_folder_with_a_unicode_name(
-        imap_server: ImapSettings, smtp_server: SmtpCapture, make_app, sqlite_url: str) -> None:
-    app = await make_app(sqlite_url, **settings_for(
-        imap_server, smtp_server.port, imap_security="ssl", imap_port=imap_server.ssl_port,
-        imap_cafile=imap_server.cafile, imap_processed_folder="Courrier traité"))
-    channel = EmailChannel(app)
+    imap_server: ImapSettings, smtp_server: SmtpCapture, make_app, sqlite_url: str
+) -> None:
+    app = await make_app(
+        sqlite_url,
+        **settings_for(
+            imap_server,
+            smtp_server.port,
+            imap_security="ssl",
+            imap_port=imap_server.ssl_port,
+            imap_cafile=imap_server.cafile,
+            imap_processed_folder="Courrier traité",
+        ),
+    )
+    channel = email_channel(app)
     await channel.start()
     try:
         env = Env(app, channel, imap_server.server, smtp_server, imap_server.address)
@@ -343,8 +392,9 @@ async def test_imaps_and_a_processed_folder_with_a_unicode_name(
         await channel.stop()
 
 
-@pytest.mark.parametrize("env", [{"imap_processed_folder": "a/b", "imap_poll_seconds": 0.5}],
-                         indirect=True)
+@pytest.mark.parametrize(
+    "env", [{"imap_processed_folder": "a/b", "imap_poll_seconds": 0.5}], indirect=True
+)
 async def test_a_failing_move_is_retried_later_not_in_a_loop(env: Env) -> None:
     """Dovecot refuses "/" in folder names here: the mail is answered once, stays put."""
     calls = 0
@@ -364,8 +414,7 @@ async def test_a_failing_move_is_retried_later_not_in_a_loop(env: Env) -> None:
 
 
 @pytest.mark.parametrize("env", [{"imap_poll_seconds": 0.3}], indirect=True)
-async def test_a_turn_the_database_refused_stays_in_the_folder_and_is_retried(env: Env
-                                                                              ) -> None:
+async def test_a_turn_the_database_refused_stays_in_the_folder_and_is_retried(env: Env) -> None:
     from bot.service import TurnResult
 
     service = env.app.service
@@ -380,24 +429,38 @@ async def test_a_turn_the_database_refused_stays_in_the_folder_and_is_retried(en
 
     service.handle = once_refused
     person = Person(env, "retry@example.net", "Retry")
-    reply = await person.write("Hello, I would like to answer the capacity-building "
-                               "questionnaire.")
+    reply = await person.write(
+        "Hello, I would like to answer the capacity-building questionnaire."
+    )
     assert refused and reply["To"] == person.address
     await env.settle()
     assert len(env.dovecot.list_uids(None, "Processed")) == 1
 
 
 @pytest.mark.parametrize("mode", ["starttls", "ssl"])
-async def test_smtp_tls_and_auth_with_one_connection_reused(smtp_server_factory,
-                                                            mode: str) -> None:
-    server = await smtp_server_factory(starttls=mode == "starttls",
-                                       implicit_tls=mode == "ssl", auth={"bot": "pw"})
-    sender = SmtpSender(SmtpConfig(host="127.0.0.1", port=server.port, security=mode,
-                                   user="bot", password="pw", cafile=server.cafile))
+async def test_smtp_tls_and_auth_with_one_connection_reused(
+    smtp_server_factory, mode: str
+) -> None:
+    server = await smtp_server_factory(
+        starttls=mode == "starttls", implicit_tls=mode == "ssl", auth={"bot": "pw"}
+    )
+    sender = SmtpSender(
+        SmtpConfig(
+            host="127.0.0.1",
+            port=server.port,
+            security=mode,
+            user="bot",
+            password="pw",
+            cafile=server.cafile,
+        )
+    )
     try:
         for n in range(3):
-            await sender.send("bot@example.org", [f"r{n}@example.net"],
-                              f"Subject: {n}\r\n\r\nbody {n}\r\n".encode())
+            await sender.send(
+                "bot@example.org",
+                [f"r{n}@example.net"],
+                f"Subject: {n}\r\n\r\nbody {n}\r\n".encode(),
+            )
         captured = await server.wait_for(3)
         assert all(m.auth_login == "bot" for m in captured)
         if mode == "starttls":  # (aiosmtpd only records TLS that came by STARTTLS)
@@ -427,9 +490,14 @@ async def test_smtp_errors_are_sorted_for_the_outbox(smtp_server_factory) -> Non
 
 
 def _serve(env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "bot", "serve"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=log.open("ab"),
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "bot", "serve"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("ab"),
+        start_new_session=True,
+    )
 
 
 async def _wait_for_row(db_url: str, query: str, deadline: float) -> None:
@@ -448,13 +516,20 @@ async def _wait_for_row(db_url: str, query: str, deadline: float) -> None:
 
 
 async def test_capbot_serve_in_french_survives_a_crash_between_commit_and_send(
-        imap_server: ImapSettings, tmp_path: Path) -> None:
+    imap_server: ImapSettings, tmp_path: Path
+) -> None:
     db_url = f"sqlite+aiosqlite:///{tmp_path / 'capbot.db'}"
     smtp_port = free_port()  # nothing listens there yet: the reply cannot go out
-    variables = {f"CAPBOT_{k.upper()}": str(v)
-                 for k, v in settings_for(imap_server, smtp_port).items()}
-    env = {**os.environ, **variables, "CAPBOT_DATABASE_URL": db_url, "CAPBOT_LOG_LEVEL": "INFO",
-           "CAPBOT_OUTBOX_LEASE_SECONDS": "3"}
+    variables = {
+        f"CAPBOT_{k.upper()}": str(v) for k, v in settings_for(imap_server, smtp_port).items()
+    }
+    env = {
+        **os.environ,
+        **variables,
+        "CAPBOT_DATABASE_URL": db_url,
+        "CAPBOT_LOG_LEVEL": "INFO",
+        "CAPBOT_OUTBOX_LEASE_SECONDS": "3",
+    }
     log = tmp_path / "serve.log"
     deadline = time.monotonic() + 60
     dovecot = imap_server.server
@@ -463,15 +538,18 @@ async def test_capbot_serve_in_french_survives_a_crash_between_commit_and_send(
     amina["To"] = imap_server.address
     amina["Subject"] = "Questionnaire"
     amina["Message-ID"] = make_msgid(domain="environnement.example.sn")
-    amina.set_content("Bonjour, je souhaite remplir le questionnaire sur le renforcement des "
-                      "capacités pour mon ministère.")
+    amina.set_content(
+        "Bonjour, je souhaite remplir le questionnaire sur le renforcement des "
+        "capacités pour mon ministère."
+    )
 
     first = _serve(env, log)
     try:
         dovecot.deliver([imap_server.address], bytes(amina), "amina@environnement.example.sn")
         # Committed (the form is in the outbox) but not sent: SMTP is down. Then: killed.
-        await _wait_for_row(db_url, "select count(*) from outbox where status = 'pending'",
-                            deadline)
+        await _wait_for_row(
+            db_url, "select count(*) from outbox where status = 'pending'", deadline
+        )
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(10)
@@ -486,9 +564,11 @@ async def test_capbot_serve_in_french_survives_a_crash_between_commit_and_send(
         assert "Comment répondre" in body_of(form) and form["Content-Language"] == "fr"
         smtp.clear()
         # The journey, in French: answers, then the confirmation word.
-        for body in ("1. Amina Diallo\n2. amina@environnement.example.sn\n3. Direction de "
-                     "l'environnement\n4. 1\n6. Sénégal\n7. Non\n29. Non\n30. 3\n39. Oui",
-                     "ENVOYER"):
+        for body in (
+            "1. Amina Diallo\n2. amina@environnement.example.sn\n3. Direction de "
+            "l'environnement\n4. 1\n6. Sénégal\n7. Non\n29. Non\n30. 3\n39. Oui",
+            "ENVOYER",
+        ):
             reply = EmailMessage()
             reply["From"] = "Amina Diallo <amina@environnement.example.sn>"
             reply["To"] = form["Reply-To"]
@@ -502,10 +582,14 @@ async def test_capbot_serve_in_french_survives_a_crash_between_commit_and_send(
             smtp.clear()
         assert "Numéro de référence" in body_of(form)
         # An out-of-office reply gets nothing.
-        dovecot.deliver([imap_server.address], (FIXTURES / "ooo_gmail_vacation_fr.eml")
-                        .read_bytes(), "x@example.net")
-        await _wait_for_row(db_url, "select count(*) from inbound_messages where status = "
-                            "'ignored'", deadline)
+        dovecot.deliver(
+            [imap_server.address],
+            (FIXTURES / "ooo_gmail_vacation_fr.eml").read_bytes(),
+            "x@example.net",
+        )
+        await _wait_for_row(
+            db_url, "select count(*) from inbound_messages where status = 'ignored'", deadline
+        )
     finally:
         second.send_signal(signal.SIGTERM)
         assert second.wait(20) == 0, log.read_text()[-3000:]
@@ -514,8 +598,14 @@ async def test_capbot_serve_in_french_survives_a_crash_between_commit_and_send(
     # The answers are in the export.
     out = tmp_path / "export"
     await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "bot", "export", "--out", str(out)], cwd=ROOT,
-        env=env, check=True, capture_output=True, timeout=120)
+        subprocess.run,
+        [sys.executable, "-m", "bot", "export", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     with (out / "submissions.csv").open(encoding="utf-8-sig") as fh:
         (row,) = list(csv.DictReader(fh))
     assert row["R1_name"] == "Amina Diallo" and row["R5_country"] == "sn"

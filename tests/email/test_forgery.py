@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from handlers.email.channel import EmailChannel, decode_raw
+from bot.server import email_channel
+from handlers.email.channel import decode_raw
 from handlers.email.tokens import find_token, verify_token
 from storage.models import answers, inbound_messages, outbox, respondents, submissions
 from tests.email.support import Env, Person, body_of
@@ -30,7 +31,7 @@ FORGERIES = {
     "switch_language": "language: fr",
     "cancel": "cancel",
     "fill_and_submit": "1. Mallory Forger\n2. m@evil.example\n3. Evil Corp\n4. 5\n7. No\n"
-                       "29. No\n30. 3\n39. Yes\nSUBMIT",
+    "29. No\n30. 3\n39. Yes\nSUBMIT",
 }
 
 
@@ -46,18 +47,24 @@ async def snapshot(env: Env) -> dict[str, Any]:
     (resp,) = await env.rows(respondents)
     return {
         "answers": {(r.question_id, r.repeat_index): r.value for r in await env.rows(answers)},
-        "state": {k: resp.state.get(k) for k in ("lang", "lang_explicit", "phase", "answers",
-                                                "version")},
-        "submissions": sorted((s.status, s.language, s.version)
-                              for s in await env.rows(submissions)),
+        "state": {
+            k: resp.state.get(k) for k in ("lang", "lang_explicit", "phase", "answers", "version")
+        },
+        "submissions": sorted(
+            (s.status, s.language, s.version) for s in await env.rows(submissions)
+        ),
     }
 
 
-def forged(env: Env, body: str, *, subject: str = "Re: URGENT - act now",
-           headers: dict[str, str] | None = None) -> bytes:
+def forged(
+    env: Env,
+    body: str,
+    *,
+    subject: str = "Re: URGENT - act now",
+    headers: dict[str, str] | None = None,
+) -> bytes:
     """A mail that says it is from the victim, written by someone without our mail."""
-    return Person(env, VICTIM, "Vera Victim", "en").compose(body, subject=subject,
-                                                            headers=headers)
+    return Person(env, VICTIM, "Vera Victim", "en").compose(body, subject=subject, headers=headers)
 
 
 async def ref_of(env: Env) -> str:
@@ -113,8 +120,9 @@ async def test_a_new_address_still_starts_a_questionnaire_without_a_token(env: E
     assert stored == {"R1_name", "R3_org"}
 
 
-@pytest.mark.parametrize("env", [{"email_daily_reply_cap": 2,
-                                  "email_unverified_reply_cap": 1}], indirect=True)
+@pytest.mark.parametrize(
+    "env", [{"email_daily_reply_cap": 2, "email_unverified_reply_cap": 1}], indirect=True
+)
 async def test_forged_mail_neither_silences_nor_floods_the_owner(env: Env) -> None:
     victim = Person(env, VICTIM, "Vera Victim", "en")
     await victim.write("Hello, I would like to answer the capacity-building questionnaire.")
@@ -129,7 +137,7 @@ async def test_forged_mail_neither_silences_nor_floods_the_owner(env: Env) -> No
     assert digest["To"] == VICTIM and "Vera Victim" in body_of(digest)
     assert len(await env.rows(inbound_messages, inbound_messages.c.status == "rejected")) == 6
     # After a restart, the counts come back from the outbox, each on its own budget.
-    fresh = EmailChannel(env.app)
+    fresh = email_channel(env.app)
     await fresh._seed_budget()
     assert fresh.budget.counts[VICTIM] == 2
     assert fresh.unverified_budget.counts[VICTIM] == 1
@@ -139,11 +147,15 @@ async def test_forged_mail_neither_silences_nor_floods_the_owner(env: Env) -> No
 
 # -- Authentication-Results from our receiving server ----------------------------------------
 
-OURS_PASS = f"{SERVER_ID}; spf=pass smtp.mailfrom=ministry.example.org; " \
-            "dkim=pass header.d=ministry.example.org; dmarc=pass (p=reject) " \
-            "header.from=ministry.example.org"
-OURS_FAIL = f"{SERVER_ID}; spf=fail smtp.mailfrom=evil.example; dkim=none; " \
-            "dmarc=fail header.from=ministry.example.org"
+OURS_PASS = (
+    f"{SERVER_ID}; spf=pass smtp.mailfrom=ministry.example.org; "
+    "dkim=pass header.d=ministry.example.org; dmarc=pass (p=reject) "
+    "header.from=ministry.example.org"
+)
+OURS_FAIL = (
+    f"{SERVER_ID}; spf=fail smtp.mailfrom=evil.example; dkim=none; "
+    "dmarc=fail header.from=ministry.example.org"
+)
 
 
 async def deliver_through_mx(env: Env, raw: bytes, ours: str | None) -> EmailMessage:
@@ -156,15 +168,17 @@ async def deliver_through_mx(env: Env, raw: bytes, ours: str | None) -> EmailMes
 @pytest.mark.parametrize("env", [TRUSTING], indirect=True)
 async def test_a_pass_from_our_server_stands_in_for_the_token(env: Env) -> None:
     await started(env)
-    digest = await deliver_through_mx(env, forged(env, "3. Ministry of the Environment"),
-                                      OURS_PASS)
+    digest = await deliver_through_mx(
+        env, forged(env, "3. Ministry of the Environment"), OURS_PASS
+    )
     assert env.app.translations.tn("en", "mail_recorded", 1) in body_of(digest)
     assert (await snapshot(env))["answers"][("R3_org", 0)] == "Ministry of the Environment"
 
 
 @pytest.mark.parametrize("env", [TRUSTING], indirect=True)
-@pytest.mark.parametrize("case", ["forged_below_ours", "forged_alone", "other_server",
-                                  "unaligned_dkim", "helo_only"])
+@pytest.mark.parametrize(
+    "case", ["forged_below_ours", "forged_alone", "other_server", "unaligned_dkim", "helo_only"]
+)
 async def test_forged_authentication_results_are_not_believed(env: Env, case: str) -> None:
     await started(env)
     before = await snapshot(env)
@@ -180,8 +194,7 @@ async def test_forged_authentication_results_are_not_believed(env: Env, case: st
     elif case == "helo_only":
         ours, theirs = f"{SERVER_ID}; spf=pass smtp.helo=ministry.example.org", ""
     headers = {"Authentication-Results": theirs} if theirs else None
-    notice = await deliver_through_mx(env, forged(env, "1. Mallory Forger", headers=headers),
-                                      ours)
+    notice = await deliver_through_mx(env, forged(env, "1. Mallory Forger", headers=headers), ours)
     assert await snapshot(env) == before
     assert_verify_notice(env, notice, await ref_of(env))
     (row,) = await env.rows(inbound_messages, inbound_messages.c.status == "rejected")

@@ -21,8 +21,7 @@ from sqlalchemy.engine import Connection
 
 from bot.app import App
 from bot.invite_tokens import make_invite_token
-from bot.server import telegram_channel
-from handlers.email.channel import EmailChannel
+from bot.server import email_channel, telegram_channel
 from handlers.telegram.channel import TelegramChannel
 from reports.csvfiles import export_dir
 from reports.options import ExportOptions
@@ -69,35 +68,86 @@ class Round:
         return self.app.translations.t(lang, key, **values)
 
 
-def _invite(conn: Connection, *, email: str, language: str, name: str, organization: str,
-            telegram: str | None) -> tuple[int, int]:
+def _invite(
+    conn: Connection,
+    *,
+    email: str,
+    language: str,
+    name: str,
+    organization: str,
+    telegram: str | None,
+) -> tuple[int, int]:
     """An invited person who has not started: a respondent with state {}, their addresses,
     an invitation (as `capbot invite` leaves them)."""
-    round_id = conn.execute(insert(rounds).values(
-        questionnaire_id="cpb_cb_survey", deadline=None, created_at=NOW)
-        .returning(rounds.c.id)).scalar_one()
-    rid = conn.execute(insert(respondents).values(
-        channel="email", channel_user_id=email, language=language, state={}, email=email,
-        name=name, organization=organization, unreachable=False, created_at=NOW,
-        updated_at=NOW).returning(respondents.c.id)).scalar_one()
-    rows = [{"respondent_id": rid, "channel": "email", "channel_user_id": email,
-             "unreachable": False, "created_at": NOW}]
+    round_id = conn.execute(
+        insert(rounds)
+        .values(questionnaire_id="cpb_cb_survey", deadline=None, created_at=NOW)
+        .returning(rounds.c.id)
+    ).scalar_one()
+    rid = conn.execute(
+        insert(respondents)
+        .values(
+            channel="email",
+            channel_user_id=email,
+            language=language,
+            state={},
+            email=email,
+            name=name,
+            organization=organization,
+            unreachable=False,
+            created_at=NOW,
+            updated_at=NOW,
+        )
+        .returning(respondents.c.id)
+    ).scalar_one()
+    rows = [
+        {
+            "respondent_id": rid,
+            "channel": "email",
+            "channel_user_id": email,
+            "unreachable": False,
+            "created_at": NOW,
+        }
+    ]
     if telegram:
         rows.append({**rows[0], "channel": "telegram", "channel_user_id": telegram})
     conn.execute(insert(addresses), rows)
-    iid = conn.execute(insert(invitations).values(
-        round_id=round_id, respondent_id=rid, email=email, language=language, status="sent",
-        times_sent=1, reminders_sent=0, created_at=NOW)
-        .returning(invitations.c.id)).scalar_one()
+    iid = conn.execute(
+        insert(invitations)
+        .values(
+            round_id=round_id,
+            respondent_id=rid,
+            email=email,
+            language=language,
+            status="sent",
+            times_sent=1,
+            reminders_sent=0,
+            created_at=NOW,
+        )
+        .returning(invitations.c.id)
+    ).scalar_one()
     return rid, iid
 
 
-async def invite(r: Round, *, email: str = AMINA, language: str = "fr",
-                 name: str = "Amina Diallo", organization: str = "Ministère de l'Environnement",
-                 telegram: str | None = None) -> tuple[int, str]:
-    rid, iid = await r.app.database.transaction(functools.partial(
-        _invite, email=email, language=language, name=name, organization=organization,
-        telegram=telegram))
+async def invite(
+    r: Round,
+    *,
+    email: str = AMINA,
+    language: str = "fr",
+    name: str = "Amina Diallo",
+    organization: str = "Ministère de l'Environnement",
+    telegram: str | None = None,
+) -> tuple[int, str]:
+    rid, iid = await r.app.database.transaction(
+        functools.partial(
+            _invite,
+            email=email,
+            language=language,
+            name=name,
+            organization=organization,
+            telegram=telegram,
+        )
+    )
     return rid, make_invite_token(SECRET, iid)
 
 
@@ -113,17 +163,27 @@ async def telegram_only(make_app, database_url: str, api: FakeBotApi) -> AsyncIt
 
 
 @pytest.fixture
-async def both(make_app, database_url: str, api: FakeBotApi, imap_server: ImapSettings,
-               smtp_server: SmtpCapture) -> AsyncIterator[Round]:
-    app = await make_app(database_url, **settings_for(api),
-                         **email_settings(imap_server, smtp_server.port))
+async def both(
+    make_app,
+    database_url: str,
+    api: FakeBotApi,
+    imap_server: ImapSettings,
+    smtp_server: SmtpCapture,
+) -> AsyncIterator[Round]:
+    app = await make_app(
+        database_url, **settings_for(api), **email_settings(imap_server, smtp_server.port)
+    )
     telegram = telegram_channel(app, poll_timeout=5)
-    mail = EmailChannel(app)
+    mail = email_channel(app)
     await telegram.start()
     await mail.start()
     try:
-        yield Round(app, telegram, api, Env(app, mail, imap_server.server, smtp_server,
-                                            imap_server.address))
+        yield Round(
+            app,
+            telegram,
+            api,
+            Env(app, mail, imap_server.server, smtp_server, imap_server.address),
+        )
     finally:
         await mail.stop()
         await telegram.stop()
@@ -134,14 +194,16 @@ def texts(user: SimulatedUser) -> list[str]:
 
 
 async def test_a_deep_link_binds_the_chat_and_continues_in_the_invitations_language(
-        telegram_only: Round) -> None:
+    telegram_only: Round,
+) -> None:
     r = telegram_only
     rid, token = await invite(r)
     user = r.api.user(5001, "Amina", language_code="en")
     await r.step(lambda: user.send_command(f"/start {token}"))
     said = texts(user)
-    assert said[0] == r.t("fr", "link_welcome", name="Amina Diallo",
-                          organization="Ministère de l'Environnement")
+    assert said[0] == r.t(
+        "fr", "link_welcome", name="Amina Diallo", organization="Ministère de l'Environnement"
+    )
     assert r.t("fr", "welcome") in said[1]  # French, as invited, though the app is English
     qn = r.app.questionnaire
     assert r.app.translations.question_prompt("fr", qn, qn.questions["R1_name"]) in said[-1]
@@ -154,7 +216,8 @@ async def test_a_deep_link_binds_the_chat_and_continues_in_the_invitations_langu
 
 
 async def test_a_deep_link_bound_to_another_account_is_refused_and_recorded(
-        telegram_only: Round) -> None:
+    telegram_only: Round,
+) -> None:
     r = telegram_only
     rid, token = await invite(r, language="es", telegram="7001")
     intruder = r.api.user(7002, "Other", language_code="es")
@@ -181,8 +244,7 @@ async def test_a_forged_link_is_not_valid_but_the_chat_may_answer(telegram_only:
     assert mine.respondent_id != rid
 
 
-async def test_stop_opts_out_after_confirming_and_start_opts_back_in(
-        telegram_only: Round) -> None:
+async def test_stop_opts_out_after_confirming_and_start_opts_back_in(telegram_only: Round) -> None:
     r = telegram_only
     rid, token = await invite(r, language="en")
     user = r.api.user(9001, "Amina", language_code="en")
@@ -200,8 +262,9 @@ async def test_stop_opts_out_after_confirming_and_start_opts_back_in(
     assert person.opted_out_at is None
 
 
-async def test_started_on_telegram_email_then_finished_by_email(both: Round,
-                                                               tmp_path: Path) -> None:
+async def test_started_on_telegram_email_then_finished_by_email(
+    both: Round, tmp_path: Path
+) -> None:
     r = both
     assert r.mail is not None
     rid, token = await invite(r, language="en", name="Amina Diallo", organization="Green Action")
@@ -230,22 +293,25 @@ async def test_started_on_telegram_email_then_finished_by_email(both: Round,
     channels = {a.question_id: a.channel for a in await r.rows(answers)}
     assert channels["R1_name"] == "telegram" and channels["R3_org"] == "email"
     out = tmp_path / "export"
-    await export_dir(r.app.db, r.app.questionnaires, r.app.translations,
-                     ExportOptions.parse(), out)
+    await export_dir(
+        r.app.db, r.app.questionnaires, r.app.translations, ExportOptions.parse(), out
+    )
     text = (out / "answers.csv").read_text("utf-8-sig")
     exported = {row["question_id"]: row["channel"] for row in csv.DictReader(io.StringIO(text))}
     assert exported["R1_name"] == "telegram" and exported["R3_org"] == "email"
 
 
-async def test_started_by_email_continued_on_telegram_asks_only_what_is_left(
-        both: Round) -> None:
+async def test_started_by_email_continued_on_telegram_asks_only_what_is_left(both: Round) -> None:
     r = both
     assert r.mail is not None
     rid, token = await invite(r, language="en")
     person = Person(r.mail, AMINA, "Amina Diallo")
     domain = r.mail.bot.split("@")[1]
-    await person.write("1. Amina Diallo\n2. amina@example.org\n3. Green Action",
-                       subject="Re: Invitation", to=f"bot+{token}@{domain}")
+    await person.write(
+        "1. Amina Diallo\n2. amina@example.org\n3. Green Action",
+        subject="Re: Invitation",
+        to=f"bot+{token}@{domain}",
+    )
     (sub,) = await r.rows(submissions)
     assert sub.respondent_id == rid
     user = r.api.user(6101, "Amina", language_code="en")
@@ -256,12 +322,15 @@ async def test_started_by_email_continued_on_telegram_asks_only_what_is_left(
     assert tr.question_prompt("en", qn, qn.questions["R4_orgtype"]) in said[-1]
     await r.step(lambda: press_code(user, "NGO"))
     channels = {a.question_id: a.channel for a in await r.rows(answers)}
-    assert channels == {"R1_name": "email", "R2_email": "email", "R3_org": "email",
-                        "R4_orgtype": "telegram"}
+    assert channels == {
+        "R1_name": "email",
+        "R2_email": "email",
+        "R3_org": "email",
+        "R4_orgtype": "telegram",
+    }
 
 
-async def test_unsubscribe_by_mail_in_any_language_and_by_list_unsubscribe(
-        both: Round) -> None:
+async def test_unsubscribe_by_mail_in_any_language_and_by_list_unsubscribe(both: Round) -> None:
     r = both
     assert r.mail is not None
     rid, _ = await invite(r, language="fr")
