@@ -21,8 +21,6 @@ apart so that forged mail can neither use up a person's replies nor flood them.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import time
 from dataclasses import dataclass
@@ -37,14 +35,14 @@ from bot.replycap import UNVERIFIED, ReplyBudget, start_of_day
 
 from .authres import verified_from
 from .bounces import note_bounce
-from .form_reader import FormReader, bare_subject
-from .form_render import FormRenderer
+from .form_reader import FormReader
 from .imap import Fetched, ImapConfig, ImapWatcher
-from .parsing import ParsedMail, normalize_address, parse_message
+from .outgoing import MailComposer, reply_subject
+from .parsing import ParsedMail, parse_message
 from .rawmail import decode_raw, encode_raw
-from .render import Doc, build_message, format_address, render_html, render_text
+from .render import Doc, render_text
 from .smtp import SmtpConfig, SmtpSender
-from .tokens import TokenClaims, make_token, verify_token
+from .tokens import TokenClaims, verify_token
 from .unsubscribe import unsubscribe_request, unsubscribe_words
 
 if TYPE_CHECKING:
@@ -84,16 +82,6 @@ def _header_block(raw: bytes) -> bytes:
     return raw[: min(ends) + 2] if ends else raw[:65_536]
 
 
-def _angle(message_id: str | None) -> str | None:
-    return f"<{message_id.strip('<>')}>" if message_id else None
-
-
-def reply_subject(theirs: str, ours: str) -> str:
-    """ "Re: <their subject>", one prefix and no old [ref:…] tag; ours when theirs is empty."""
-    subject = bare_subject(theirs)
-    return f"Re: {subject}" if subject else ours
-
-
 class EmailChannel:
     """`capbot serve` starts it when CAPBOT_IMAP_HOST and CAPBOT_SMTP_HOST are set."""
 
@@ -122,15 +110,7 @@ class EmailChannel:
         self.default_questionnaire = default_questionnaire  # its id: for new respondents
         self.store = MailStore(database, CHANNEL)
         self.secret = s.secret_key.encode("utf-8")
-        self.from_address = normalize_address(s.email_from)
-        if not self.from_address:
-            raise ValueError(f"CAPBOT_EMAIL_FROM is not an address: {s.email_from!r}")
-        local, _, self.domain = self.from_address.rpartition("@")
-        self.local = local.split("+", 1)[0]
-        self.from_header = format_address(s.email_from_name, self.from_address)
         self.max_bytes = s.email_max_bytes
-        self.renderers = {qid: FormRenderer(engine) for qid, engine in engines.items()}
-        self.readers = {qid: FormReader(r) for qid, r in self.renderers.items()}
         tr = translations
         self.unsubscribe_words = unsubscribe_words(
             {lang: tr.raw(lang, "mail_word_unsubscribe") for lang in tr.languages}
@@ -150,11 +130,18 @@ class EmailChannel:
                 connections=s.smtp_connections,
             )
         )
+        self.composer = MailComposer(
+            secret=self.secret, email_from=s.email_from, from_name=s.email_from_name,
+            engines=engines, default_questionnaire=default_questionnaire, smtp=self.sender)
+        c = self.composer
+        self.from_address, self.local, self.domain = c.from_address, c.local, c.domain
+        self.renderers = c.renderers
+        self.readers = {qid: FormReader(r) for qid, r in self.renderers.items()}
         # Mail may wait out a long SMTP outage: ~20 attempts, backing off to 10 minutes.
         self.dispatcher = OutboxDispatcher(
             database,
             CHANNEL,
-            self._send,
+            self.composer.send,
             on_unreachable=self._unreachable,
             max_attempts=20,
             max_delay=600.0,
@@ -383,7 +370,7 @@ class EmailChannel:
                     mail,
                     status="rejected",
                     reason=f"unverified: {why}",
-                    doc=self._renderer(draft).verify_doc(draft),
+                    doc=self.composer.renderer(draft).verify_doc(draft),
                     ref=draft["ref"],
                 )
                 return True
@@ -472,7 +459,7 @@ class EmailChannel:
         notices: list[dict[str, Any]] = []
         await self._count_replies(sender)
         if mail.can_reply and sender and self.unverified_budget.allows(sender):
-            doc = self._renderer(None).notice_doc(lang, "mail_unsubscribed")
+            doc = self.composer.renderer(None).notice_doc(lang, "mail_unsubscribed")
             thread = _thread(mail)
             notices.append(
                 {
@@ -484,7 +471,7 @@ class EmailChannel:
                         "language": lang,
                         "ref": None,
                         "to": None,
-                        **self._envelope(doc, thread, reply=True, index=0),
+                        **self.composer.envelope(doc, thread, reply=True, index=0),
                         "cap": UNVERIFIED,
                     },
                 }
@@ -561,7 +548,7 @@ class EmailChannel:
         items: list[dict[str, Any]] = []
         if notice and doc is None:
             lang = self._notice_language(mail)
-            doc = self._renderer(None).notice_doc(lang, notice[0], **notice[1])
+            doc = self.composer.renderer(None).notice_doc(lang, notice[0], **notice[1])
         if doc and mail.can_reply and sender:
             await self._count_replies(sender)
         if doc and mail.can_reply and sender and self.unverified_budget.allows(sender):
@@ -572,7 +559,7 @@ class EmailChannel:
                 "language": doc.language,
                 "ref": ref,
                 "to": None,
-                **self._envelope(doc, thread, reply=True, index=0),
+                **self.composer.envelope(doc, thread, reply=True, index=0),
                 "cap": UNVERIFIED,
             }
             items.append((sender, payload))
@@ -612,82 +599,6 @@ class EmailChannel:
             return hinted
         found = self.detector.detect(mail.reply_text or mail.subject)
         return found.language if found.confident and found.language else "en"
-
-    def _renderer(self, state: dict[str, Any] | None) -> FormRenderer:
-        return (
-            self.renderers.get((state or {}).get("questionnaire"))
-            or self.renderers[self.default_questionnaire]
-        )
-
-    def _envelope(
-        self, doc: Doc, thread: dict[str, Any], *, reply: bool, index: int
-    ) -> dict[str, Any]:
-        """Subject, HTML and threading headers of one mail answering `thread`."""
-        subject = doc.subject
-        out: dict[str, Any] = {}
-        if reply:
-            if doc.kind not in ("form", "verify"):  # verify: not the subject of a forgery
-                subject = reply_subject(thread["subject"], doc.subject)
-            if not thread["synthesized"]:
-                out["in_reply_to"] = thread["message_id"]
-                out["references"] = [*thread["references"], thread["message_id"]]
-        out["subject"] = subject
-        out["html"] = render_html(doc)
-        # A Message-ID fixed by the inbound mail survives retries and restarts (receivers
-        # can de-duplicate).
-        digest = hashlib.sha256(f"{thread['message_id']}\0{index}".encode()).hexdigest()[:24]
-        out["mid"] = f"capbot.{digest}@{self.domain}"
-        return out
-
-    def _rendered(self, p: dict[str, Any]) -> dict[str, Any]:
-        """An engine form reply's payload with the mail it stands for: text, HTML, headers."""
-        view = p["form"]
-        doc = self._renderer(view["state"]).render(view)
-        return {
-            **p,
-            "text": render_text(doc),
-            **self._envelope(
-                doc, p["thread"], reply=p.get("reply", True), index=p.get("index", 0)
-            ),
-        }
-
-    # -- outbound ------------------------------------------------------------------------------
-
-    async def _send(self, item: OutboxItem) -> None:
-        p = item.payload
-        if "form" in p:
-            p = self._rendered(p)
-        to = p.get("to") or item.address
-        ref = p.get("ref")
-        subject = p.get("subject") or self._default_subject(p.get("language") or "en")
-        reply_to = None
-        if ref:
-            # Bound to the report's owner: a delegate's reply then stays a delegate's reply.
-            token = make_token(self.secret, ref, item.address, int(time.time()))
-            subject = f"{subject} [ref:{token}]"
-            reply_to = f"{self.local}+{token}@{self.domain}"
-        mid = p.get("mid") or "capbot.{}.{}@{}".format(
-            item.id,
-            hmac.new(self.secret, str(item.id).encode(), "sha256").hexdigest()[:12],
-            self.domain,
-        )
-        data = build_message(
-            from_addr=self.from_header,
-            to=to,
-            subject=subject,
-            text=p.get("text", ""),
-            html_body=p.get("html"),
-            message_id=f"<{mid}>",
-            reply_to=reply_to,
-            in_reply_to=_angle(p.get("in_reply_to")),
-            references=[r for r in map(_angle, p.get("references") or []) if r],
-            language=p.get("language"),
-        )
-        await self.sender.send(self.from_address, [to], data)
-
-    def _default_subject(self, lang: str) -> str:
-        renderer = self._renderer(None)
-        return renderer.tr.raw(lang, "title", renderer.qn.id)
 
     async def _unreachable(self, item: OutboxItem, why: str) -> None:
         logger.warning(

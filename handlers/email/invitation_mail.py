@@ -75,7 +75,7 @@ def render_invitation(channel: EmailChannel, to: str, p: dict[str, Any]) -> byte
     token = meta["token"]
     extra = [("List-Unsubscribe", f"<{meta['unsubscribe']}>")]
     return build_message(
-        from_addr=channel.from_header,
+        from_addr=channel.composer.from_header,
         to=to,
         subject=f"{doc.subject} [ref:{token}]",
         text=render_text(doc),
