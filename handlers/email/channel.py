@@ -26,7 +26,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bot.invite_tokens import find_invite_token, verify_invite_token
 from bot.language import normalize_language_tag
 from bot.mailstore import MailStore
 from bot.messages import Inbound
@@ -37,7 +36,8 @@ from .authres import verified_from
 from .bounces import note_bounce
 from .form_reader import FormReader
 from .imap import Fetched, ImapConfig, ImapWatcher
-from .outgoing import MailComposer, reply_subject
+from .opt_out import invited_by, opt_out_by_mail
+from .outgoing import MailComposer, reply_subject, thread_of
 from .parsing import ParsedMail, parse_message
 from .rawmail import decode_raw, encode_raw
 from .render import Doc, render_text
@@ -333,11 +333,11 @@ class EmailChannel:
             return True
         unsubscribe = unsubscribe_request(mail.subject, mail.reply_text, self.unsubscribe_words)
         if unsubscribe is not None:
-            await self._unsubscribe(fetched, mail, unsubscribe.language, unsubscribe.token)
+            await opt_out_by_mail(self, fetched, mail, unsubscribe.language, unsubscribe.token)
             return True
         owner, delegate = sender, None
         claims: TokenClaims | None = None
-        invited = await self._invitation(mail)  # replying to an invitation: its person
+        invited = await invited_by(self, mail)  # replying to an invitation: its person
         if invited is not None and invited[1]:
             owner = invited[1]
             delegate = sender if sender != owner else None
@@ -393,7 +393,7 @@ class EmailChannel:
             not state.get("lang_explicit") and state.get("phase") in ("new", "language")
         ):
             detection = self.detector.detect(text)  # the first mail's language
-        thread = _thread(mail)
+        thread = thread_of(mail)
         inbound = Inbound(
             CHANNEL,
             owner,
@@ -418,82 +418,6 @@ class EmailChannel:
             return False
         self.budget.spend(item.payload.get("to") or item.address for item in result.outbox)
         return True
-
-    async def _invitation(
-        self, mail: ParsedMail, token: str | None = None
-    ) -> tuple[int, str] | None:
-        """(respondent, their address) of the invitation whose token this mail carries
-        (plus-address, subject tag, or `token`), when genuine."""
-        candidates = (
-            [token]
-            if token
-            else [
-                found
-                for text in (
-                    *mail.delivered_to,
-                    *mail.to_addresses,
-                    *mail.cc_addresses,
-                    mail.subject,
-                )
-                if (found := find_invite_token(text))
-            ]
-        )
-        for candidate in candidates:
-            invitation = verify_invite_token(self.secret, candidate)
-            if invitation is not None:
-                return await self.service.links.respondent_of_invitation(invitation)
-        return None
-
-    async def _unsubscribe(
-        self, fetched: Fetched, mail: ParsedMail, lang: str, token: str | None
-    ) -> None:
-        """Opt the person out (the invitation's, by its token; else the sender's address),
-        keep the mail, confirm once (on the unverified budget: From may be forged, and
-        the confirmation tells the real owner)."""
-        sender = mail.from_address
-        invited = await self._invitation(mail, token)
-        if invited is None and mail.token:
-            claims = verify_token(self.secret, mail.token, int(time.time()))
-            owner = await self.store.owner_of(claims.ref) if claims is not None else None
-            invited = (0, owner) if owner else None
-        notices: list[dict[str, Any]] = []
-        await self._count_replies(sender)
-        if mail.can_reply and sender and self.unverified_budget.allows(sender):
-            doc = self.composer.renderer(None).notice_doc(lang, "mail_unsubscribed")
-            thread = _thread(mail)
-            notices.append(
-                {
-                    "channel": CHANNEL,
-                    "address": sender,
-                    "payload": {
-                        "text": render_text(doc),
-                        "kind": "info",
-                        "language": lang,
-                        "ref": None,
-                        "to": None,
-                        **self.composer.envelope(doc, thread, reply=True, index=0),
-                        "cap": UNVERIFIED,
-                    },
-                }
-            )
-        rid = invited[0] if invited and invited[0] else None
-        user = invited[1] if invited else sender
-        done = await self.service.links.opt_out(
-            channel=CHANNEL,
-            user_id=user or None,
-            respondent_id=rid,
-            message_id=mail.message_id,
-            payload=encode_raw(fetched.raw),
-            notices=notices,
-        )
-        logger.info(
-            "email %s from %s: unsubscribe (%s)",
-            mail.message_id,
-            sender,
-            {True: "opted out", False: "nobody behind it", None: "seen before"}[done],
-        )
-        if done is not None:
-            self.unverified_budget.spend(item["address"] for item in notices)
 
     def _is_own(self, address: str) -> bool:
         if address == self.from_address:
@@ -552,7 +476,7 @@ class EmailChannel:
         if doc and mail.can_reply and sender:
             await self._count_replies(sender)
         if doc and mail.can_reply and sender and self.unverified_budget.allows(sender):
-            thread = _thread(mail)
+            thread = thread_of(mail)
             payload = {
                 "text": render_text(doc),
                 "kind": _KINDS.get(doc.kind, "info"),
@@ -604,16 +528,6 @@ class EmailChannel:
         logger.warning(
             "email to %s refused permanently: %s", item.payload.get("to") or item.address, why
         )
-
-
-def _thread(mail: ParsedMail) -> dict[str, Any]:
-    """What a reply to `mail` needs to thread under it."""
-    return {
-        "message_id": mail.message_id,
-        "subject": mail.subject,
-        "references": list(mail.references[-10:]),
-        "synthesized": mail.message_id_synthesized,
-    }
 
 
 def _begun(state: dict[str, Any] | None) -> bool:

@@ -50,7 +50,7 @@ def render_led(channel: EmailChannel, p: dict[str, Any]) -> dict[str, Any]:
         channel.renderers.get(state.get("questionnaire"))
         or channel.renderers[channel.default_questionnaire]
     )
-    headers = channel.composer.rendered(p)  # threading headers and Message-ID, as for any form mail
+    headers = channel.composer.rendered(p)  # threading headers and Message-ID, as any form
     doc = renderer.render(view)
     ref_line = None if state.get("ref") else renderer.tr.t(state["lang"], "mail_ref", ref="")
     doc = with_lead(doc, p["lead"], ref_line=ref_line)

@@ -13,7 +13,7 @@ from bot.outbox import OutboxItem
 
 from .form_reader import bare_subject
 from .form_render import FormRenderer
-from .parsing import normalize_address
+from .parsing import ParsedMail, normalize_address
 from .render import Doc, build_message, format_address, render_html, render_text
 from .smtp import SmtpSender
 from .tokens import make_token
@@ -30,6 +30,16 @@ def reply_subject(theirs: str, ours: str) -> str:
     """ "Re: <their subject>", one prefix and no old [ref:…] tag; ours when theirs is empty."""
     subject = bare_subject(theirs)
     return f"Re: {subject}" if subject else ours
+
+
+def thread_of(mail: ParsedMail) -> dict[str, Any]:
+    """What a reply to `mail` needs to thread under it."""
+    return {
+        "message_id": mail.message_id,
+        "subject": mail.subject,
+        "references": list(mail.references[-10:]),
+        "synthesized": mail.message_id_synthesized,
+    }
 
 
 class MailComposer:
