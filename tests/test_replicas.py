@@ -31,11 +31,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from testkit.conversation import FULL_RUN_EN
-from testkit.fake_bot_api import FakeBotApi, SimulatedUser
+from testkit.fake_bot_api import FakeBotApi
 from testkit.imap import ImapSettings
 from testkit.nginx import Nginx
 from testkit.ports import free_ports
 from testkit.process import skip_or_fail
+from testkit.respondents import Respondent
 from testkit.smtp import SmtpCapture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,76 +76,6 @@ def _mail(n: int, to: str) -> tuple[bytes, str]:
     msg["Message-ID"] = make_msgid(domain="ministry.example.org")
     msg.set_content(f"Hello, I would like to report on our activities ({n}).")
     return bytes(msg), msg["Message-ID"]
-
-
-def _slot(data: str) -> str:
-    return data.rsplit("|", 1)[0]
-
-
-class Respondent:
-    """One Telegram respondent through the whole questionnaire, answering like a person: the
-    next message once the bot has taken the last one (the webhook acknowledged it), a button
-    once the question carrying it is there."""
-
-    def __init__(self, api: FakeBotApi, user: SimulatedUser) -> None:
-        self.api, self.user = api, user
-        self.last_update = 0
-        self.pressed = ("", False)  # (slot, a toggle of a multi-choice question)
-        self.step: tuple[str, str] = ("start", "/start")
-        self.mark = 0  # bot messages seen before the last send
-
-    def _acknowledged(self) -> bool:
-        return self.last_update in self.api.webhook_acknowledged_set
-
-    def _button(self, code: str):
-        """(message, callback data) of `code` on a question received since the last send
-        (newest first; a reply of the killed replica may come late, after newer ones), or on
-        the question the last press only toggled."""
-        slot, toggled = self.pressed
-        messages = self.user.messages
-        candidates = [m for m in messages[self.mark:] if m.buttons]
-        if toggled:
-            candidates += [m for m in messages if m.buttons and _slot(
-                m.buttons[0].get("callback_data", "")) == slot]
-        for message in reversed(candidates):
-            data = next((b["callback_data"] for b in message.buttons
-                         if b.get("callback_data", "").endswith(f"|{code}")), None)
-            if data is not None and (_slot(data) != slot or toggled):
-                return message, data
-        return None
-
-    async def _send(self, kind: str, value: str) -> None:
-        self.step = (kind, value)
-        await self.api.wait_for(self._acknowledged, WAIT)
-        if kind == "choice":
-            message, data = await self.api.wait_for(lambda: self._button(value), WAIT)
-            self.user.press(data, message)
-            multi = any(b.get("callback_data", "").endswith("|DONE") for b in message.buttons)
-            self.pressed = (_slot(data), multi and value != "DONE")
-        elif value.startswith("/"):
-            self.user.send_command(value)
-        else:
-            self.user.send_text(value)
-        self.mark = len(self.user.messages)
-        self.last_update = self.api.update_log[-1]["update_id"]
-
-    async def run(self) -> None:
-        try:
-            self.user.send_command("start")
-            self.last_update = self.api.update_log[-1]["update_id"]
-            await self.api.wait_for(lambda: self.user.messages, WAIT)
-            await self.api.wait_for(self._acknowledged, WAIT)
-            if self._button("en"):  # the language menu, pre-selected from the profile
-                await self._send("choice", "en")
-            for kind, value in FULL_RUN_EN:
-                await self._send(kind, value)
-            await self.api.wait_for(self._acknowledged, WAIT)
-        except TimeoutError:
-            seen = [(m.text or "")[:50] + " " + str([b.get("callback_data")
-                                                     for b in m.buttons][:4])
-                    for m in self.user.messages[-6:]]
-            raise AssertionError(f"chat {self.user.id}: stuck at {self.step} for "
-                                 f"{WAIT:.0f} s; last bot messages: {seen}") from None
 
 
 async def test_two_replicas_behind_nginx_lose_nothing_when_one_is_killed(
@@ -198,7 +129,7 @@ async def test_two_replicas_behind_nginx_lose_nothing_when_one_is_killed(
         leader = next(i for i, log in enumerate(logs) if leads_imap(log))
         survivor = 1 - leader
         users = [api.user(810_000 + n, language_code="en") for n in range(RESPONDENTS)]
-        conversations = [asyncio.create_task(Respondent(api, u).run()) for u in users]
+        conversations = [asyncio.create_task(Respondent(api, u, wait=WAIT).run()) for u in users]
         mail_ids = []
         for n in range(MAILS // 2):
             raw, mid = _mail(n, imap_server.address)
